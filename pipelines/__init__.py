@@ -1,0 +1,1 @@
+"""Pipeline composition, options and the ``coco-beam`` command line."""

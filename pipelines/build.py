@@ -1,0 +1,144 @@
+"""The ``coco-beam build`` pipeline: COCO annotations and images to published Parquet shards.
+
+Composition only; every step is a transform of ``transforms/``::
+
+    ReadCocoAnnotations -> JoinAnnotationsToImages -> RasterizeMasks -> AssignShards
+        -> WriteParquetShards (the only stage that reads image bytes) -> PublishRun
+
+Image bytes never cross a shuffle: ids, paths, annotations and masks are grouped, and the
+bytes are read after the last shuffle, in the stage that writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipelines.layout import find_sources
+from pipelines.options import BuildOptions
+from transforms.assign_shards import AssignShards
+from transforms.join import JoinAnnotationsToImages
+from transforms.parquet_shards import ShardWriterConfig, WriteParquetShards
+from transforms.publish import PublishConfig, PublishRun
+from transforms.rasterize import RasterizeMasks
+from transforms.read_annotations import ReadCocoAnnotations
+
+__all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """What one run reads and where it writes, decided before the pipeline is built."""
+
+    sources: list
+    ignored: list
+    output: str
+    run_id: str
+    started: float
+
+    @property
+    def run_dir(self) -> str:
+        return FileSystems.join(self.output, "runs", self.run_id)
+
+    @property
+    def temp_dir(self) -> str:
+        return FileSystems.join(self.run_dir, ".tmp")
+
+
+def new_run_id(now: float) -> str:
+    """Sortable by time, unique across concurrent runs."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
+
+
+def plan_build(options: BuildOptions) -> BuildPlan:
+    if not options.output:
+        raise ValueError("--output is required")
+    sources, ignored = find_sources(options.coco_root, options.annotations, options.images)
+    now = time.time()
+    return BuildPlan(sources, ignored, options.output.rstrip("/"), new_run_id(now), now)
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan):
+    """Adds the build to ``pipeline``; returns the manifest PCollection."""
+    images_dirs = {s.split: s.images_dir for s in plan.sources}
+    read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources)
+    joined = {"records": read["records"], "categories": read["categories"]} | (
+        "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir))
+    rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
+    assigned = rasterized.plans | "AssignShards" >> AssignShards(
+        images_dirs, options.shard_bytes, options.num_shards)
+    writer_config = ShardWriterConfig(
+        temp_dir=plan.temp_dir, row_group_bytes=options.row_group_bytes,
+        io_threads=options.io_threads, max_pixels=options.max_pixels,
+        progress_dir=options.progress_dir)
+    written = assigned["keyed"] | "WriteParquetShards" >> WriteParquetShards(
+        writer_config, num_shards=assigned["num_shards"], categories=read["categories"])
+    rejected = (
+        read["rejected"], joined.rejected, rasterized.rejected, written.rejected
+    ) | "AllRejected" >> beam.Flatten()
+    counts = (
+        (read["counts"], joined.counts, assigned["counts"])
+        | "AllCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+    )
+    settings = {
+        "num_shards": options.num_shards,
+        "shard_bytes": options.shard_bytes,
+        "row_group_bytes": options.row_group_bytes,
+        "max_pixels": options.max_pixels,
+        "max_rejected_fraction": options.max_rejected_fraction,
+        "compression": writer_config.compression,
+        "formats": ["parquet"],
+    }
+    publish_config = PublishConfig(
+        output=plan.output, run_id=plan.run_id, temp_dir=plan.temp_dir,
+        max_rejected_fraction=options.max_rejected_fraction, settings=settings,
+        sources=[dataclasses.asdict(s) for s in plan.sources] + [
+            {"path": p, "ignored": True} for p in plan.ignored],
+        started=plan.started)
+    return pipeline | "PublishRun" >> PublishRun(
+        publish_config, shards=written.shards, rejected=rejected, counts=counts,
+        categories=read["categories"], num_shards=assigned["num_shards"])
+
+
+def default_runner(options: PipelineOptions):
+    """The runner when none is named: Beam's FnApiRunner (what DirectRunner runs batch jobs on),
+    one worker process per core. Chosen explicitly so the DirectRunner never tries to download
+    its Prism runner first."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = options.view_as(DirectOptions)
+    if not direct.direct_num_workers:
+        direct.direct_num_workers = os.cpu_count() or 1
+    if direct.direct_running_mode == "in_memory" and direct.direct_num_workers > 1:
+        direct.direct_running_mode = "multi_processing"
+    return FnApiRunner()
+
+
+def run(argv=None, test_pipeline=None):
+    """Builds and runs the pipeline; returns ``(PipelineResult, BuildPlan)``."""
+    options = PipelineOptions(argv)
+    build_options = options.view_as(BuildOptions)
+    plan = plan_build(build_options)
+    if test_pipeline is not None:
+        pipeline = test_pipeline
+    else:
+        runner = None
+        if options.view_as(StandardOptions).runner is None:
+            runner = default_runner(options)
+        pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(pipeline, build_options, plan)
+    _LOGGER.info("run %s: %d annotation files -> %s", plan.run_id, len(plan.sources),
+                 plan.run_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result, plan

@@ -1,0 +1,144 @@
+"""The ``coco-beam`` command: ``build`` and ``synth``.
+
+``coco-beam build`` takes the options of ``pipelines.options.BuildOptions``; every other
+argument is a Beam pipeline option, passed through. Run locally, it shows a progress bar of
+images done out of images known, and a summary at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from tqdm import tqdm
+
+from pipelines.layout import LayoutError
+from transforms.progress import read_progress
+from transforms.publish import RunFailed
+
+__all__ = ["main"]
+
+_LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+
+
+class _ProgressBar:
+    """Polls the progress folder the local workers write into, until stopped."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+        self._stop = threading.Event()
+        self._bar = tqdm(total=0, unit="img", desc="images", dynamic_ncols=True, leave=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def _update(self):
+        totals = read_progress(self._folder)
+        known, done = totals.get("known", 0), totals.get("done", 0)
+        if known != self._bar.total:
+            self._bar.total = known
+        self._bar.n = min(done, known) if known else done
+        self._bar.refresh()
+
+    def _loop(self):
+        while not self._stop.wait(0.5):
+            self._update()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        self._bar.close()
+
+
+def _read_manifest(output: str, run_id: str) -> dict:
+    path = FileSystems.join(output, "runs", run_id, "manifest.json")
+    with FileSystems.open(path) as f:
+        return json.loads(f.read())
+
+
+def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
+    counts = manifest["counts"]
+    rejected = sum(v["rejected"] for v in counts.values())
+    total_bytes = sum(s["bytes"] for s in manifest["shards"])
+    lines = [
+        f"published {run_dir}",
+        f"  images       {counts['image']['written']:>10,} written of {counts['image']['read']:,}",
+        f"  annotations  {counts['annotation']['written']:>10,} written of "
+        f"{counts['annotation']['read']:,}",
+        f"  captions     {counts['caption']['written']:>10,} written of "
+        f"{counts['caption']['read']:,}",
+        f"  shards       {len(manifest['shards']):>10,} ({total_bytes / 1e6:,.1f} MB)",
+        f"  rejected     {rejected:>10,}"
+        + (f"  ({', '.join(f'{k}: {v}' for k, v in manifest['rejected_reasons'].items())})"
+           if rejected else ""),
+        f"  seconds      {seconds:>10,.1f}",
+    ]
+    return "\n".join(lines)
+
+
+def _build(argv: list[str]) -> int:
+    from pipelines import build
+
+    options = PipelineOptions(argv)
+    runner = options.view_as(StandardOptions).runner
+    started = time.monotonic()
+    progress = None
+    if runner in _LOCAL_RUNNERS and "--progress-dir" not in " ".join(argv):
+        progress = tempfile.TemporaryDirectory(prefix="coco-beam-progress-")
+        argv = [*argv, f"--progress-dir={progress.name}"]
+    try:
+        if progress is not None and sys.stderr.isatty():
+            with _ProgressBar(progress.name):
+                result, plan = build.run(argv)
+        else:
+            result, plan = build.run(argv)
+    except (LayoutError, RunFailed, ValueError) as exc:
+        print(f"coco-beam build: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if progress is not None:
+            progress.cleanup()
+    manifest = _read_manifest(plan.output, plan.run_id)
+    print(_summary(manifest, plan.run_dir, time.monotonic() - started))
+    return 0
+
+
+def _synth(argv: list[str]) -> int:
+    from pipelines.synth import synthesize
+
+    parser = argparse.ArgumentParser(prog="coco-beam synth",
+                                     description="Write a synthetic COCO dataset.")
+    parser.add_argument("--output", required=True, help="Root folder of the dataset.")
+    parser.add_argument("--images", type=int, required=True, help="Number of images.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    splits = synthesize(args.output, args.images, args.seed)
+    print(f"wrote {sum(splits.values())} images ({', '.join(f'{k}: {v}' for k, v in splits.items())})"
+          f" to {args.output} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"build": _build, "synth": _synth}
+    if not argv or argv[0] not in commands:
+        print("usage: coco-beam {build,synth} [options]  (coco-beam COMMAND --help for more)",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Find the annotation files and image folders of a build from its options.
+
+COCO's official layout: ``ROOT/annotations/<family>_<split>.json`` and ``ROOT/<split>/``.
+Files of families this version does not read (``panoptic_*``) are listed as ignored.
+"""
+
+from __future__ import annotations
+
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import AnnotationSource, parse_annotation_file_name
+
+__all__ = ["LayoutError", "find_sources"]
+
+_COCO_PREFIXES = ("instances_", "person_keypoints_", "captions_", "image_info_")
+
+
+class LayoutError(ValueError):
+    """The inputs named on the command line are not usable; the message says why."""
+
+
+def _has_files(folder: str) -> bool:
+    result = FileSystems.match([folder.rstrip("/") + "/*"], limits=[1])[0]
+    return bool(result.metadata_list)
+
+
+def find_sources(coco_root: str | None, annotations: list[str] | None,
+                 images: str | None) -> tuple[list[AnnotationSource], list[str]]:
+    """Returns the annotation sources and the annotation files left out."""
+    if bool(coco_root) == bool(annotations):
+        raise LayoutError("give either --coco-root ROOT or --annotations FILE... --images DIR")
+    ignored: list[str] = []
+    sources: list[AnnotationSource] = []
+    if coco_root:
+        root = coco_root.rstrip("/")
+        pattern = f"{root}/annotations/*.json"
+        paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        for path in paths:
+            name = path.rsplit("/", 1)[-1]
+            if not name.startswith(_COCO_PREFIXES):
+                ignored.append(path)
+                continue
+            family, split = parse_annotation_file_name(name)
+            sources.append(_source(path, family, split, f"{root}/{split}"))
+        if not sources:
+            raise LayoutError(f"no COCO annotation files matched {pattern}")
+    else:
+        if not images:
+            raise LayoutError("--annotations needs --images DIR, the folder of the images")
+        for path in annotations:
+            if not FileSystems.exists(path):
+                raise LayoutError(f"annotation file {path} does not exist")
+            family, split = parse_annotation_file_name(path)
+            sources.append(_source(path, family, split, images.rstrip("/")))
+    for folder in sorted({s.images_dir for s in sources}):
+        if not _has_files(folder):
+            raise LayoutError(f"no image files under {folder}")
+    return sources, ignored
+
+
+def _source(path, family, split, images_dir) -> AnnotationSource:
+    try:
+        return AnnotationSource(path, family, split, images_dir)
+    except ValueError as exc:
+        raise LayoutError(str(exc)) from exc

@@ -1,0 +1,93 @@
+"""The Parquet contract: one row per image, every annotation family joined to it.
+
+Guarantees:
+  * ``image.bytes`` is the original file, unmodified; ``sha256`` is its hex digest.
+  * ``annotations[*].rle`` is COCO compressed RLE (column-major, ``size`` = ``[h, w]``) whose
+    decoded mask equals ``pycocotools``' ``annToMask`` for that annotation.
+  * ``category_id`` keeps COCO's (non-contiguous) ids; names travel in the schema metadata key
+    ``coco_beam`` and in ``categories.parquet`` beside the shards.
+  * The ``huggingface`` metadata makes ``datasets`` decode ``image`` as a PIL image.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from schemas.fields import Image, ListOf, Struct, Value
+
+__all__ = [
+    "ANNOTATION",
+    "CAPTION",
+    "CATEGORIES_SCHEMA",
+    "COLUMNS",
+    "IMAGE_ROW",
+    "arrow_schema",
+    "hf_features",
+]
+
+RLE = Struct((("size", ListOf(Value("int32"), length=2)), ("counts", Value("string"))))
+
+ANNOTATION = Struct(
+    (
+        ("id", Value("int64")),
+        ("category_id", Value("int64")),
+        ("bbox", ListOf(Value("float64"), length=4)),
+        ("area", Value("float64")),
+        ("iscrowd", Value("int8")),
+        ("rle", RLE),
+        ("keypoints", ListOf(Value("float64"))),
+        ("num_keypoints", Value("int32")),
+        ("flags", ListOf(Value("string"))),
+    )
+)
+
+CAPTION = Struct((("id", Value("int64")), ("caption", Value("string"))))
+
+IMAGE_ROW = Struct(
+    (
+        ("image_id", Value("int64")),
+        ("split", Value("string")),
+        ("file_name", Value("string")),
+        ("width", Value("int32")),
+        ("height", Value("int32")),
+        ("image", Image()),
+        ("sha256", Value("string")),
+        ("format", Value("string")),
+        ("mode", Value("string")),
+        ("exif_orientation", Value("int8")),
+        ("annotations", ListOf(ANNOTATION)),
+        ("captions", ListOf(CAPTION)),
+        # Query columns: a data lake filters on these without reading image bytes.
+        ("num_objects", Value("int32")),
+        ("category_ids", ListOf(Value("int64"))),
+        ("has_crowd", Value("bool")),
+        ("flags", ListOf(Value("string"))),
+    )
+)
+
+COLUMNS = tuple(name for name, _ in IMAGE_ROW.fields)
+
+CATEGORIES_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("id", pa.int64()),
+        ("name", pa.string()),
+        ("supercategory", pa.string()),
+        ("keypoints", pa.list_(pa.string())),
+    ]
+)
+
+
+def hf_features() -> dict:
+    """The ``features`` dict ``datasets`` reads from the ``huggingface`` metadata key."""
+    return IMAGE_ROW.hf()
+
+
+def arrow_schema(categories: list[dict] | None = None) -> pa.Schema:
+    """The shard schema, with ``huggingface`` metadata and, if given, the split's categories."""
+    metadata = {"huggingface": json.dumps({"info": {"features": hf_features()}}, sort_keys=True)}
+    if categories is not None:
+        metadata["coco_beam"] = json.dumps({"categories": categories}, sort_keys=True)
+    return pa.schema([(name, node.arrow()) for name, node in IMAGE_ROW.fields], metadata=metadata)

@@ -1,0 +1,143 @@
+"""Element types that flow between the transforms, and the rejection reason catalogue.
+
+Elements are small: ids, paths, annotations and masks. Image bytes never appear in any of
+these types, because image bytes never cross a shuffle (they are read in the stage that
+writes them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+__all__ = [
+    "FAMILIES",
+    "KINDS",
+    "AnnotationSource",
+    "ImagePlan",
+    "Reason",
+    "Rejection",
+    "ShardResult",
+    "parse_annotation_file_name",
+]
+
+# Annotation families COCO ships, by the prefix of their file names.
+FAMILIES = ("instances", "person_keypoints", "captions", "image_info")
+
+# Record kinds that conservation (read == written + rejected) is counted for.
+KINDS = ("image", "annotation", "caption")
+
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FILE_RE = re.compile(r"^(instances|person_keypoints|captions|image_info)_(.+)\.json$")
+
+
+class Reason:
+    """Reason codes of the rejected output (the catalogue of ``docs/bad-inputs``)."""
+
+    SCHEMA_VIOLATION = "schema_violation"
+    UNSAFE_PATH = "unsafe_path"
+    DUPLICATE_IMAGE_ID = "duplicate_image_id"
+    DUPLICATE_ANNOTATION_ID = "duplicate_annotation_id"
+    ORPHAN_ANNOTATION = "orphan_annotation"
+    UNKNOWN_CATEGORY = "unknown_category"
+    NON_FINITE_VALUE = "non_finite_value"
+    INVALID_BBOX = "invalid_bbox"
+    DEGENERATE_POLYGON = "degenerate_polygon"
+    ODD_POLYGON_LENGTH = "odd_polygon_length"
+    INVALID_RLE = "invalid_rle"
+    INVALID_KEYPOINTS = "invalid_keypoints"
+    INVALID_UNICODE = "invalid_unicode"
+    IMAGE_MISSING = "image_missing"
+    IMAGE_CORRUPT = "image_corrupt"
+    IMAGE_TRUNCATED = "image_truncated"
+    IMAGE_TOO_LARGE = "image_too_large"
+    FORMAT_NOT_ALLOWED = "format_not_allowed"
+    UNSUPPORTED_MODE = "unsupported_mode"
+    DIMS_MISMATCH = "dims_mismatch"
+    # An annotation or caption whose image was rejected goes with it, so nothing is
+    # written for an image that is not in the output.
+    IMAGE_REJECTED = "image_rejected"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationSource:
+    """One annotation JSON file: where it is, its family and the split it describes."""
+
+    path: str
+    family: str
+    split: str
+    images_dir: str
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown annotation family {self.family!r} for {self.path}")
+        if not _SPLIT_RE.match(self.split):
+            raise ValueError(
+                f"split name {self.split!r} (from {self.path}) must match {_SPLIT_RE.pattern}"
+            )
+
+
+def parse_annotation_file_name(name: str) -> tuple[str, str]:
+    """``instances_val2017.json`` -> ``("instances", "val2017")``.
+
+    A name outside COCO's convention is taken as an instances file whose split is its stem
+    (``train.json`` -> ``("instances", "train")``), as exports of other tools are named.
+    """
+    base = name.rsplit("/", 1)[-1]
+    match = _FILE_RE.match(base)
+    if match:
+        return match.group(1), match.group(2)
+    stem = base[:-5] if base.endswith(".json") else base
+    return "instances", stem
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A record that is not in the output, and why. Never carries image bytes or documents."""
+
+    kind: str  # image, annotation, caption, file
+    key: str  # the image or annotation id, or the file
+    reason: str  # a Reason code
+    error_type: str
+    message: str
+    source: str  # the annotation file (or image file) it came from
+    split: str = ""
+    payload_sha256: str = ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ImagePlan:
+    """Everything about one image except its bytes: what the shard writer needs.
+
+    ``annotations`` hold dicts with the fields of ``schemas.parquet.ANNOTATION`` plus, before
+    ``RasterizeMasks``, the raw ``segmentation``.
+    """
+
+    split: str
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    path: str
+    source: str
+    annotations: list
+    captions: list
+    flags: list
+    size: int = 0  # file size in bytes, from the listing; 0 where unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    """What a shard writer wrote (under a temporary name until the run is published)."""
+
+    split: str
+    index: int
+    num_shards: int
+    temp_path: str
+    num_rows: int
+    num_bytes: int
+    sha256: str
+    written: dict  # kind -> records written

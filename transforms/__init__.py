@@ -1,0 +1,1 @@
+"""Reusable PTransforms of coco-beam, each a thin Beam skin over a pure, unit-tested core."""

@@ -1,0 +1,187 @@
+"""Pure core: stream the sections of a COCO JSON file and check each record's schema.
+
+``iter_section`` walks one top-level array (``images``, ``annotations``, ``categories``) with
+ijson's C backend, so memory stays bounded by one record whatever the file's size; the other
+sections are skipped by the parser without building objects. Numbers come back as Python
+floats and ints exactly as ``json.load`` gives them.
+
+``check_*`` functions validate one record at the parse boundary and raise ``RecordError`` with
+a reason code naming the field; nothing downstream sees an unchecked record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import IO
+
+import ijson
+
+from schemas.records import Reason
+
+__all__ = [
+    "SECTIONS",
+    "RecordError",
+    "check_annotation",
+    "check_caption",
+    "check_category",
+    "check_image",
+    "iter_section",
+]
+
+SECTIONS = ("images", "annotations", "categories")
+
+
+class RecordError(ValueError):
+    """A permanent fault of one record; ``reason`` is a ``schemas.records.Reason`` code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def iter_section(stream: IO[bytes], section: str) -> Iterator[object]:
+    """Yields the items of the top-level array ``section`` of a JSON document, one at a time."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}")
+    yield from ijson.items(stream, f"{section}.item", use_float=True)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_int(record: dict, field: str, *, minimum: int | None = None) -> int:
+    if not isinstance(record, dict):
+        raise RecordError(Reason.SCHEMA_VIOLATION, "record is not a JSON object")
+    if field not in record:
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"missing required key {field!r}")
+    value = record[field]
+    if not _is_int(value):
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"{field!r} must be an integer, got {value!r:.40}")
+    if minimum is not None and value < minimum:
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"{field!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_string(value, field: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"{field!r} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError(Reason.INVALID_UNICODE, f"{field!r} is not valid Unicode: {exc.reason}")
+    return value
+
+
+def _finite(value: float, field: str) -> float:
+    if not math.isfinite(value):
+        raise RecordError(Reason.NON_FINITE_VALUE, f"{field!r} holds a non-finite number")
+    return value
+
+
+def check_image(record) -> dict:
+    """An ``images`` entry: ``id``, ``file_name``, positive ``width`` and ``height``."""
+    image_id = _require_int(record, "id")
+    width = _require_int(record, "width", minimum=1)
+    height = _require_int(record, "height", minimum=1)
+    if "file_name" not in record:
+        raise RecordError(Reason.SCHEMA_VIOLATION, "missing required key 'file_name'")
+    file_name = _check_string(record["file_name"], "file_name")
+    return {"id": image_id, "file_name": file_name, "width": width, "height": height}
+
+
+def check_category(record) -> dict:
+    """A ``categories`` entry: ``id`` and ``name``; ``supercategory`` and ``keypoints`` optional."""
+    cat_id = _require_int(record, "id")
+    name = _check_string(record.get("name"), "name")
+    supercategory = record.get("supercategory")
+    if supercategory is not None:
+        _check_string(supercategory, "supercategory")
+    keypoints = record.get("keypoints")
+    if keypoints is not None:
+        if not isinstance(keypoints, list):
+            raise RecordError(Reason.SCHEMA_VIOLATION, "'keypoints' must be a list of names")
+        keypoints = [_check_string(k, "keypoints") for k in keypoints]
+    return {"id": cat_id, "name": name, "supercategory": supercategory, "keypoints": keypoints}
+
+
+def _check_bbox(value) -> list[float]:
+    if not isinstance(value, list) or len(value) != 4 or not all(_is_number(v) for v in value):
+        raise RecordError(Reason.INVALID_BBOX, "'bbox' must be 4 numbers [x, y, w, h]")
+    for v in value:
+        if not math.isfinite(v):
+            raise RecordError(Reason.NON_FINITE_VALUE, "'bbox' holds a non-finite number")
+    if value[2] < 0 or value[3] < 0:
+        raise RecordError(Reason.INVALID_BBOX, f"'bbox' has a negative size {value[2:]}")
+    return [float(v) for v in value]
+
+
+def _check_keypoints(record: dict) -> tuple[list[float], int]:
+    keypoints = record["keypoints"]
+    if not isinstance(keypoints, list) or len(keypoints) % 3 or not all(
+        _is_number(v) for v in keypoints
+    ):
+        raise RecordError(Reason.INVALID_KEYPOINTS, "'keypoints' must be a list of 3k numbers")
+    for v in keypoints:
+        _finite(v, "keypoints")
+    for v in keypoints[2::3]:
+        if v not in (0, 1, 2):
+            raise RecordError(Reason.INVALID_KEYPOINTS, f"keypoint visibility {v!r} not in 0, 1, 2")
+    num = record.get("num_keypoints")
+    if num is None:
+        num = sum(1 for v in keypoints[2::3] if v > 0)
+    elif not _is_int(num):
+        raise RecordError(Reason.SCHEMA_VIOLATION, "'num_keypoints' must be an integer")
+    return [float(v) for v in keypoints], num
+
+
+def check_annotation(record, family: str) -> dict:
+    """An ``annotations`` entry of the instances or person_keypoints family.
+
+    Returns the checked fields; ``segmentation`` is passed on unchanged (it is validated where
+    it is rasterized, before any C code sees it).
+    """
+    ann_id = _require_int(record, "id")
+    image_id = _require_int(record, "image_id")
+    category_id = _require_int(record, "category_id")
+    iscrowd = record.get("iscrowd", 0)
+    if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"'iscrowd' must be 0 or 1, got {iscrowd!r:.20}")
+    if "segmentation" not in record:
+        raise RecordError(Reason.SCHEMA_VIOLATION, "missing required key 'segmentation'")
+    if "bbox" not in record:
+        raise RecordError(Reason.SCHEMA_VIOLATION, "missing required key 'bbox'")
+    bbox = _check_bbox(record["bbox"])
+    area = record.get("area")
+    if not _is_number(area):
+        raise RecordError(Reason.SCHEMA_VIOLATION, "'area' must be a number")
+    _finite(area, "area")
+    out = {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": float(area),
+        "iscrowd": iscrowd,
+        "segmentation": record["segmentation"],
+        "keypoints": None,
+        "num_keypoints": None,
+    }
+    if family == "person_keypoints" or "keypoints" in record:
+        if "keypoints" not in record:
+            raise RecordError(Reason.INVALID_KEYPOINTS, "missing 'keypoints'")
+        out["keypoints"], out["num_keypoints"] = _check_keypoints(record)
+    return out
+
+
+def check_caption(record) -> dict:
+    """An ``annotations`` entry of the captions family: ``id``, ``image_id``, ``caption``."""
+    cap_id = _require_int(record, "id")
+    image_id = _require_int(record, "image_id")
+    caption = _check_string(record.get("caption"), "caption")
+    return {"id": cap_id, "image_id": image_id, "caption": caption}

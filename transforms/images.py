@@ -1,0 +1,125 @@
+"""Pure core: read an image's bytes, check them, decode them once and report what they hold.
+
+Guarantees of ``inspect_image``:
+  * only JPEG and PNG are opened (Pillow does not sniff its other 40 parsers);
+  * the pixel count is checked from the JSON and from the header before any decoding, and
+    Pillow's decompression-bomb warning is an error;
+  * the image is decoded fully; a truncated file is rejected, never padded (Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` is never set);
+  * pixels are not rotated: COCO annotations live in the stored pixel space, so the EXIF
+    orientation is recorded, and a size swapped by an orientation of 5 to 8 is flagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from schemas.records import Reason
+from transforms.coco_json import RecordError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "FLAG_EXIF_SWAPPED",
+    "ImageFacts",
+    "inspect_image",
+    "is_not_found",
+    "safe_relative_path",
+]
+
+ALLOWED_FORMATS = ("JPEG", "PNG")
+# Far above any COCO image (640 px a side) and below what would exhaust a worker's memory
+# (RGB at 100 Mpx is 300 MB decoded).
+DEFAULT_MAX_PIXELS = 100_000_000
+FLAG_EXIF_SWAPPED = "exif_dims_swapped"
+_SUPPORTED_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"})
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFacts:
+    """What decoding one image found."""
+
+    sha256: str
+    format: str  # "jpeg" or "png"
+    mode: str  # Pillow's mode of the stored image, e.g. "RGB", "L", "CMYK"
+    width: int
+    height: int
+    exif_orientation: int | None
+    flags: tuple[str, ...]
+
+
+def safe_relative_path(file_name: str) -> bool:
+    """True when ``file_name`` is a plain relative path that stays under the images root."""
+    if not file_name or file_name.startswith("/") or "\\" in file_name or ":" in file_name:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in file_name):
+        return False
+    return all(part not in ("", ".", "..") for part in file_name.split("/"))
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """True for a permanent 'no such file' (local or object store); 5xx and timeouts are not."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
+
+
+def inspect_image(
+    data: bytes, width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageFacts:
+    """Decodes ``data`` once and checks it against the JSON's ``width`` and ``height``.
+
+    Raises ``RecordError`` with one of image_corrupt, image_truncated, image_too_large,
+    format_not_allowed, unsupported_mode, dims_mismatch.
+    """
+    if width * height > max_pixels:
+        raise RecordError(Reason.IMAGE_TOO_LARGE, f"{width}x{height} exceeds {max_pixels} pixels")
+    digest = hashlib.sha256(data).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except UnidentifiedImageError as exc:
+            try:
+                other = Image.open(io.BytesIO(data))
+                other.close()
+            except Exception:  # noqa: BLE001 - any failure means: not an image at all
+                raise RecordError(Reason.IMAGE_CORRUPT, "not a decodable image") from exc
+            raise RecordError(
+                Reason.FORMAT_NOT_ALLOWED, f"{other.format} is not one of {ALLOWED_FORMATS}"
+            ) from exc
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise RecordError(Reason.IMAGE_TOO_LARGE, str(exc)[:200]) from exc
+        with image:
+            if image.width * image.height > max_pixels:
+                raise RecordError(
+                    Reason.IMAGE_TOO_LARGE, f"header says {image.width}x{image.height}"
+                )
+            if image.mode not in _SUPPORTED_MODES:
+                raise RecordError(Reason.UNSUPPORTED_MODE, f"mode {image.mode} is not supported")
+            try:
+                image.load()
+            except OSError as exc:
+                reason = Reason.IMAGE_TRUNCATED if "truncated" in str(exc) else Reason.IMAGE_CORRUPT
+                raise RecordError(reason, str(exc)[:200]) from exc
+            except (SyntaxError, ValueError) as exc:
+                raise RecordError(Reason.IMAGE_CORRUPT, str(exc)[:200]) from exc
+            orientation = image.getexif().get(_EXIF_ORIENTATION)
+            fmt, mode, size = image.format.lower(), image.mode, image.size
+    flags: tuple[str, ...] = ()
+    if size != (width, height):
+        if size == (height, width) and orientation in (5, 6, 7, 8):
+            flags = (FLAG_EXIF_SWAPPED,)
+        else:
+            raise RecordError(
+                Reason.DIMS_MISMATCH, f"decoded {size[0]}x{size[1]}, JSON says {width}x{height}"
+            )
+    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+        orientation = None
+    return ImageFacts(digest, fmt, mode, size[0], size[1], orientation, flags)

@@ -1,0 +1,221 @@
+"""Join every annotation family to its image: pure core and the ``JoinAnnotationsToImages`` transform.
+
+Guarantees of ``join_image`` (one image key's records from every family):
+  * one ``ImagePlan`` per valid image, or none; every record it saw is either in the plan or in
+    the returned rejections, so counts are conserved;
+  * instance and keypoint records with the same annotation id merge into one instance (COCO's
+    ``person_keypoints`` files repeat the person instances with keypoints added);
+  * duplicates are rejected, all copies, never last-wins: an image id listed twice in one file,
+    an annotation id listed twice in one family (here or, through ``duplicate_ids``, anywhere);
+  * an annotation or caption without an image is ``orphan_annotation``; an unknown category is
+    ``unknown_category``; a keypoint array of the wrong length for its category is
+    ``invalid_keypoints``; a ``file_name`` that could leave the images root is ``unsafe_path``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import ImagePlan, Reason, Rejection
+from transforms.images import safe_relative_path
+from transforms.progress import ProgressReporter
+
+__all__ = ["JoinAnnotationsToImages", "join_image"]
+
+REJECTED = "rejected"
+COUNTS = "counts"
+
+TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION = "image", "annotation", "caption"
+
+
+def _reject(kind, key, reason, message, source, split) -> Rejection:
+    return Rejection(kind, str(key), reason, "RecordError", message, source, split)
+
+
+def _merge_instances(records: list, split: str, dup_ids: frozenset, rejections: list) -> list:
+    """Groups annotation records by id, merges families, rejects duplicates (all copies)."""
+    by_id: dict[int, list] = collections.defaultdict(list)
+    for family, source, ann in records:
+        by_id[ann["id"]].append((family, source, ann))
+    merged = []
+    for ann_id in sorted(by_id):
+        copies = by_id[ann_id]
+        families = [family for family, _, _ in copies]
+        if ann_id in dup_ids or len(set(families)) != len(families):
+            for _, source, _ in copies:
+                rejections.append(_reject(
+                    TAG_ANNOTATION, ann_id, Reason.DUPLICATE_ANNOTATION_ID,
+                    "annotation id listed more than once", source, split))
+            continue
+        by_family = {family: (source, ann) for family, source, ann in copies}
+        source, ann = by_family.get("instances") or by_family["person_keypoints"]
+        ann = dict(ann)
+        if "person_keypoints" in by_family:
+            kp = by_family["person_keypoints"][1]
+            ann["keypoints"], ann["num_keypoints"] = kp["keypoints"], kp["num_keypoints"]
+        merged.append((source, ann))
+    return merged
+
+
+def join_image(
+    split: str,
+    image_id: int,
+    values: Iterable[tuple],
+    categories: dict,
+    images_dir: str,
+    duplicate_ids: frozenset = frozenset(),
+) -> tuple[ImagePlan | None, list[Rejection], collections.Counter]:
+    """Joins one image's records. ``values`` are ``(tag, family, source, record)`` tuples.
+
+    Returns ``(plan or None, rejections, read)`` where ``read`` counts the distinct records seen
+    per kind (an image listed by three families is one image read).
+    """
+    images, annotations, captions = [], [], []
+    for tag, family, source, record in values:
+        {TAG_IMAGE: images, TAG_ANNOTATION: annotations, TAG_CAPTION: captions}[tag].append(
+            (family, source, record))
+    rejections: list[Rejection] = []
+    read = collections.Counter()
+    merged = _merge_instances(annotations, split, duplicate_ids, rejections)
+    read[TAG_ANNOTATION] = len(merged) + len(rejections)
+    cap_ids = collections.Counter(cap["id"] for _, _, cap in captions)
+    read[TAG_CAPTION] = len(captions)
+
+    def reject_all(reason: str, message: str) -> None:
+        for source, ann in merged:
+            rejections.append(_reject(TAG_ANNOTATION, ann["id"], reason, message, source, split))
+        for _, source, cap in captions:
+            rejections.append(_reject(TAG_CAPTION, cap["id"], reason, message, source, split))
+
+    if not images:
+        reject_all(Reason.ORPHAN_ANNOTATION, f"image {image_id} is in no images list")
+        return None, rejections, read
+    read[TAG_IMAGE] = 1
+    source = images[0][1]
+    families = [family for family, _, _ in images]
+    if len(set(families)) != len(families):
+        rejections.append(_reject(TAG_IMAGE, image_id, Reason.DUPLICATE_IMAGE_ID,
+                                  "image id listed more than once in one file", source, split))
+        reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
+        return None, rejections, read
+    first = images[0][2]
+    if any(rec != first for _, _, rec in images[1:]):
+        rejections.append(_reject(TAG_IMAGE, image_id, Reason.SCHEMA_VIOLATION,
+                                  "annotation files disagree on file_name or size", source, split))
+        reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
+        return None, rejections, read
+    if not safe_relative_path(first["file_name"]):
+        rejections.append(_reject(TAG_IMAGE, image_id, Reason.UNSAFE_PATH,
+                                  "file_name is not a plain relative path", source, split))
+        reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
+        return None, rejections, read
+
+    kept = []
+    for ann_source, ann in merged:
+        category = categories.get(ann["category_id"])
+        if category is None:
+            rejections.append(_reject(TAG_ANNOTATION, ann["id"], Reason.UNKNOWN_CATEGORY,
+                                      f"category {ann['category_id']} is not defined",
+                                      ann_source, split))
+            continue
+        names = category.get("keypoints")
+        if ann["keypoints"] is not None and names and len(ann["keypoints"]) != 3 * len(names):
+            rejections.append(_reject(TAG_ANNOTATION, ann["id"], Reason.INVALID_KEYPOINTS,
+                                      f"{len(ann['keypoints'])} keypoint values for "
+                                      f"{len(names)} named joints", ann_source, split))
+            continue
+        ann.pop("image_id", None)
+        ann["flags"] = []
+        kept.append(ann)
+    kept_captions = []
+    for _, cap_source, cap in sorted(captions, key=lambda c: c[2]["id"]):
+        if cap_ids[cap["id"]] > 1:
+            rejections.append(_reject(TAG_CAPTION, cap["id"], Reason.DUPLICATE_ANNOTATION_ID,
+                                      "caption id listed more than once", cap_source, split))
+            continue
+        kept_captions.append({"id": cap["id"], "caption": cap["caption"]})
+    plan = ImagePlan(
+        split=split,
+        image_id=image_id,
+        file_name=first["file_name"],
+        width=first["width"],
+        height=first["height"],
+        path=FileSystems.join(images_dir, first["file_name"]),
+        source=source,
+        annotations=kept,
+        captions=kept_captions,
+        flags=[],
+    )
+    return plan, rejections, read
+
+
+class _JoinFn(beam.DoFn):
+    def __init__(self, images_dirs: dict, progress_dir: str | None):
+        self._images_dirs = images_dirs
+        self._progress_dir = progress_dir
+
+    def setup(self):
+        self._progress = ProgressReporter(self._progress_dir, "known")
+
+    def process(self, element, categories, duplicate_ids):
+        (split, image_id), values = element
+        dups = duplicate_ids.get(split, frozenset())
+        plan, rejections, read = join_image(
+            split, image_id, values, categories.get(split, {}), self._images_dirs[split], dups)
+        for rejection in rejections:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+        for kind, n in read.items():
+            yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), n))
+        if plan is not None:
+            self._progress.add(1)
+            yield plan
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+
+class JoinAnnotationsToImages(beam.PTransform):
+    """Joins image, annotation and caption records into one ``ImagePlan`` per image.
+
+    Takes the keyed records of ``ReadCocoAnnotations`` and the categories per split (side
+    input). Returns a ``DoOutputsTuple`` with the plans (main output), ``rejected``
+    (``Rejection``) and ``counts`` (``(("read", kind), n)``). Shuffles no image bytes: none exist
+    yet.
+    """
+
+    def __init__(self, images_dirs: dict, progress_dir: str | None = None):
+        super().__init__()
+        self._images_dirs = dict(images_dirs)
+        self._progress_dir = progress_dir
+
+    def expand(self, records):
+        keyed, categories = records["records"], records["categories"]
+        duplicates = (
+            keyed
+            | "AnnotationIds" >> beam.FlatMap(_annotation_ids)
+            | "CountIds" >> beam.combiners.Count.PerKey()
+            | "KeepDuplicates" >> beam.Filter(lambda kv: kv[1] > 1)
+            | "BySplit" >> beam.Map(lambda kv: (kv[0][0], kv[0][2]))
+            | "GroupDuplicates" >> beam.GroupByKey()
+            | "ToSet" >> beam.MapTuple(lambda split, ids: (split, frozenset(ids)))
+        )
+        return (
+            keyed
+            | "GroupByImage" >> beam.GroupByKey()
+            | "Join" >> beam.ParDo(
+                _JoinFn(self._images_dirs, self._progress_dir),
+                categories=beam.pvalue.AsDict(categories),
+                duplicate_ids=beam.pvalue.AsDict(duplicates),
+            ).with_outputs(REJECTED, COUNTS, main="plans")
+        )
+
+
+def _annotation_ids(kv):
+    """``((split, family, ann_id), 1)`` per annotation record, to find ids used twice."""
+    (split, _), (tag, family, _, record) = kv
+    if tag == TAG_ANNOTATION:
+        yield (split, family, record["id"]), 1

@@ -1,0 +1,124 @@
+"""Pure core: one COCO segmentation to one compressed RLE, validated before C code sees it.
+
+Guarantee: for every segmentation ``to_rle`` accepts, ``pycocotools.mask.decode`` of its result
+equals ``COCO.annToMask`` of that annotation pixel for pixel (the same ``frPyObjects`` and
+``merge`` calls ``annToRLE`` makes). What it does not accept raises ``RecordError`` with a
+reason code, checked in Python first, so the C code never reads past a buffer or divides by
+zero on hostile input.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pycocotools import mask as mask_utils
+
+from schemas.records import Reason
+from transforms.coco_json import RecordError
+
+__all__ = ["FLAG_RING_DROPPED", "decode_rle_counts", "to_rle"]
+
+FLAG_RING_DROPPED = "degenerate_ring_dropped"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_polygons(rings: list) -> tuple[list[list[float]], list[str]]:
+    kept, flags = [], []
+    for ring in rings:
+        if not isinstance(ring, list) or not all(_is_number(v) for v in ring):
+            raise RecordError(Reason.SCHEMA_VIOLATION, "a polygon ring must be a list of numbers")
+        if not all(math.isfinite(v) for v in ring):
+            raise RecordError(Reason.NON_FINITE_VALUE, "a polygon holds a non-finite number")
+        if len(ring) % 2:
+            raise RecordError(Reason.ODD_POLYGON_LENGTH, f"a ring has {len(ring)} numbers")
+        if len(ring) < 6:
+            # Fewer than 3 points: pycocotools would misread it (4 numbers as a bbox) or draw a
+            # line; it is dropped and the annotation flagged.
+            if FLAG_RING_DROPPED not in flags:
+                flags.append(FLAG_RING_DROPPED)
+            continue
+        kept.append(ring)
+    if not kept:
+        raise RecordError(Reason.DEGENERATE_POLYGON, "no polygon ring with 3 or more points")
+    return kept, flags
+
+
+def decode_rle_counts(counts: str) -> list[int]:
+    """Decodes COCO's compressed RLE string in Python (the inverse of ``rleToString``).
+
+    Raises ``RecordError(invalid_rle)`` for characters outside COCO's alphabet or a truncated
+    value, where the C decoder would read past the end of the string.
+    """
+    values: list[int] = []
+    pos, n = 0, len(counts)
+    while pos < n:
+        x, k, more = 0, 0, True
+        while more:
+            if pos >= n:
+                raise RecordError(Reason.INVALID_RLE, "compressed RLE ends inside a value")
+            c = ord(counts[pos]) - 48
+            if not 0 <= c < 64:
+                raise RecordError(Reason.INVALID_RLE, "compressed RLE has a character out of range")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            pos += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(values) > 2:
+            x += values[-2]
+        values.append(x)
+    return values
+
+
+def _check_rle(seg: dict, height: int, width: int) -> None:
+    size = seg.get("size")
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    ):
+        raise RecordError(Reason.INVALID_RLE, "RLE 'size' must be [height, width]")
+    if size != [height, width]:
+        raise RecordError(Reason.INVALID_RLE, f"RLE size {size} is not the image's {[height, width]}")
+    counts = seg.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            raise RecordError(Reason.INVALID_RLE, "RLE counts must be integers")
+    elif isinstance(counts, str):
+        counts = decode_rle_counts(counts)
+    else:
+        raise RecordError(Reason.INVALID_RLE, "RLE 'counts' must be a list or a string")
+    if any(v < 0 for v in counts):
+        raise RecordError(Reason.INVALID_RLE, "RLE has a negative run")
+    if sum(counts) != height * width:
+        raise RecordError(
+            Reason.INVALID_RLE, f"RLE runs sum to {sum(counts)}, not {height}*{width}"
+        )
+
+
+def to_rle(segmentation, height: int, width: int) -> tuple[dict, list[str]]:
+    """Returns ``({"size": [h, w], "counts": str}, flags)`` for a COCO segmentation.
+
+    Polygons (any number of rings) are rasterized and merged, uncompressed RLE (crowds) is
+    compressed, compressed RLE is validated and kept as it is, exactly as ``annToRLE`` does.
+    """
+    flags: list[str] = []
+    if isinstance(segmentation, list):
+        rings, flags = _check_polygons(segmentation)
+        rle = mask_utils.merge(mask_utils.frPyObjects(rings, height, width))
+    elif isinstance(segmentation, dict):
+        _check_rle(segmentation, height, width)
+        if isinstance(segmentation["counts"], list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = {"size": segmentation["size"], "counts": segmentation["counts"]}
+    else:
+        raise RecordError(Reason.SCHEMA_VIOLATION, "'segmentation' must be a list or an RLE dict")
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}, flags

@@ -1,0 +1,266 @@
+"""``WriteParquetShards``: read, check and decode each image once, and write deterministic shards.
+
+This is the one stage that touches image bytes, and it runs after the last shuffle: it takes a
+shard's ``ImagePlan``s (ids, paths, annotations and masks), reads each image's bytes through
+Beam's filesystems, decodes and checks them, and writes the rows. Reads and decodes run on a
+small thread pool, ahead of the writer and in order: Pillow decodes and hashlib hashes without
+the GIL, and on an object store the pool hides each read's latency.
+
+Guarantees: rows are ordered by ``image_id``; row groups are bounded by bytes; the same plans
+and settings give the same bytes, whatever the runner, workers or bundles. Each shard is first
+written under a unique temporary name; ``PublishRun`` renames it, so a retried bundle never
+leaves a duplicate. An image that cannot be read or decoded goes to ``rejected`` with a reason,
+with its annotations and captions (``image_rejected``); a transient storage error is raised so
+the runner retries the bundle.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from schemas import parquet as contract
+from schemas.records import ImagePlan, Reason, Rejection, ShardResult
+from transforms.coco_json import RecordError
+from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
+from transforms.progress import ProgressReporter
+from transforms.sharding import shard_name
+
+__all__ = ["ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
+
+REJECTED = "rejected"
+# Statistics only on small scalar columns: min/max of image bytes would put two images in the
+# footer of every row group.
+_STATISTICS_COLUMNS = ["image_id", "split", "file_name", "width", "height", "sha256",
+                       "num_objects", "has_crowd"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardWriterConfig:
+    """Settings of the shard writer; validated at construction."""
+
+    temp_dir: str
+    # Hugging Face's readers expect row groups of up to ~100 MB; 64 MiB keeps a writer's
+    # buffer small while still amortizing per-group overhead.
+    row_group_bytes: int = 64 * 1024 * 1024
+    # Threads reading and decoding ahead of the writer in each shard writer.
+    io_threads: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    compression: str = "zstd"
+    progress_dir: str | None = None
+
+    def __post_init__(self):
+        if self.row_group_bytes < 1024 * 1024:
+            raise ValueError("row_group_bytes must be at least 1 MiB")
+        if not 1 <= self.io_threads <= 64:
+            raise ValueError("io_threads must be between 1 and 64")
+        if self.max_pixels < 1:
+            raise ValueError("max_pixels must be positive")
+
+
+def load_image(plan: ImagePlan, max_pixels: int) -> tuple[bytes, ImageFacts] | Rejection:
+    """Reads and decodes one image. Permanent faults come back as a ``Rejection``; transient
+    storage errors are raised."""
+    try:
+        with FileSystems.open(plan.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
+        return Rejection("image", str(plan.image_id), Reason.IMAGE_MISSING, type(exc).__name__,
+                         f"no file {plan.file_name!r} under the images folder", plan.source,
+                         plan.split)
+    try:
+        return data, inspect_image(data, plan.width, plan.height, max_pixels=max_pixels)
+    except RecordError as exc:
+        return Rejection("image", str(plan.image_id), exc.reason, type(exc).__name__,
+                         str(exc)[:200], plan.source, plan.split,
+                         hashlib.sha256(data).hexdigest())
+
+
+def build_row(plan: ImagePlan, data: bytes, facts: ImageFacts) -> dict:
+    """The Parquet row of one image (see ``schemas.parquet.IMAGE_ROW``)."""
+    annotations = [
+        {
+            "id": ann["id"],
+            "category_id": ann["category_id"],
+            "bbox": ann["bbox"],
+            "area": ann["area"],
+            "iscrowd": ann["iscrowd"],
+            "rle": ann["rle"],
+            "keypoints": ann["keypoints"],
+            "num_keypoints": ann["num_keypoints"],
+            "flags": ann["flags"],
+        }
+        for ann in plan.annotations
+    ]
+    return {
+        "image_id": plan.image_id,
+        "split": plan.split,
+        "file_name": plan.file_name,
+        "width": plan.width,
+        "height": plan.height,
+        "image": {"bytes": data, "path": plan.file_name},
+        "sha256": facts.sha256,
+        "format": facts.format,
+        "mode": facts.mode,
+        "exif_orientation": facts.exif_orientation,
+        "annotations": annotations,
+        "captions": plan.captions,
+        "num_objects": len(annotations),
+        "category_ids": sorted({ann["category_id"] for ann in annotations}),
+        "has_crowd": any(ann["iscrowd"] for ann in annotations),
+        "flags": sorted(set(plan.flags) | set(facts.flags)),
+    }
+
+
+class _HashingStream:
+    """A write-only stream that hashes and counts what passes through it."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.num_bytes = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.num_bytes += len(data)
+        self._raw.write(data)
+        return len(data)
+
+    def flush(self):
+        self._raw.flush()
+
+    def close(self):
+        self.closed = True
+
+
+def _in_order(pool, fn, items, window):
+    """``(item, fn(item))`` in input order, with at most ``window`` calls running ahead."""
+    pending = collections.deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            head, future = pending.popleft()
+            yield head, future.result()
+    while pending:
+        head, future = pending.popleft()
+        yield head, future.result()
+
+
+class _WriteShardFn(beam.DoFn):
+    """Writes one shard. Metrics (namespace ``coco_beam``): ``images_decoded``,
+    ``images_rejected``, ``shards_written``."""
+
+    def __init__(self, config: ShardWriterConfig):
+        self._config = config
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(self._config.io_threads, thread_name_prefix="decode")
+        self._decoded = Metrics.counter("coco_beam", "images_decoded")
+        self._rejected = Metrics.counter("coco_beam", "images_rejected")
+        self._shards = Metrics.counter("coco_beam", "shards_written")
+        self._progress = ProgressReporter(self._config.progress_dir, "done")
+
+    def teardown(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self, plan):
+        return load_image(plan, self._config.max_pixels)
+
+    def process(self, element, num_shards, categories):
+        (split, index), plans = element
+        n = num_shards[split]
+        plans = sorted((p for p in plans if p is not None), key=lambda p: p.image_id)
+        cats = sorted(categories.get(split, {}).values(), key=lambda c: c["id"])
+        schema = contract.arrow_schema(cats)
+        name = shard_name(split, index, n, "parquet")
+        temp_path = FileSystems.join(self._config.temp_dir, f"{name}.{uuid.uuid4().hex}")
+        written = collections.Counter()
+        rejections = []
+        num_rows = 0
+        raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
+        stream = _HashingStream(raw)
+        writer = pq.ParquetWriter(
+            stream, schema, compression=self._config.compression,
+            use_dictionary=["split", "format", "mode"], write_statistics=_STATISTICS_COLUMNS,
+            sorting_columns=[pq.SortingColumn(0)])
+        rows, buffered = [], 0
+        window = 2 * self._config.io_threads + 2
+        for plan, loaded in _in_order(self._pool, self._load, plans, window):
+            self._progress.add(1)
+            if isinstance(loaded, Rejection):
+                self._rejected.inc()
+                rejections.append(loaded)
+                rejections.extend(_dependents(plan))
+                continue
+            data, facts = loaded
+            self._decoded.inc()
+            rows.append(build_row(plan, data, facts))
+            buffered += len(data)
+            written["image"] += 1
+            written["annotation"] += len(plan.annotations)
+            written["caption"] += len(plan.captions)
+            if buffered >= self._config.row_group_bytes:
+                num_rows += _flush(writer, rows, schema)
+                rows, buffered = [], 0
+        if rows:
+            num_rows += _flush(writer, rows, schema)
+        writer.close()
+        raw.close()
+        self._progress.flush()
+        self._shards.inc()
+        for rejection in rejections:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+        yield ShardResult(split, index, n, temp_path, num_rows, stream.num_bytes,
+                          stream.sha256.hexdigest(), dict(written))
+
+
+def _flush(writer, rows, schema) -> int:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    writer.write_table(table, row_group_size=len(rows))
+    return len(rows)
+
+
+def _dependents(plan: ImagePlan) -> list[Rejection]:
+    message = f"image {plan.image_id} was rejected"
+    return [
+        Rejection(kind, str(rec["id"]), Reason.IMAGE_REJECTED, "RecordError", message,
+                  plan.source, plan.split)
+        for kind, records in (("annotation", plan.annotations), ("caption", plan.captions))
+        for rec in records
+    ]
+
+
+class WriteParquetShards(beam.PTransform):
+    """Takes ``((split, shard_index), plan-or-None)`` from ``AssignShards``, with the
+    ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes each shard under a temporary
+    name. Returns ``ShardResult``s (main) and ``rejected`` images with their dependents."""
+
+    def __init__(self, config: ShardWriterConfig, *, num_shards, categories):
+        super().__init__()
+        self._config = config
+        self._num_shards = num_shards
+        self._categories = categories
+
+    def expand(self, keyed):
+        return (
+            keyed
+            | "GroupByShard" >> beam.GroupByKey()
+            | "ReadDecodeWrite" >> beam.ParDo(
+                _WriteShardFn(self._config),
+                num_shards=beam.pvalue.AsDict(self._num_shards),
+                categories=beam.pvalue.AsDict(self._categories),
+            ).with_outputs(REJECTED, main="shards")
+        )

@@ -1,0 +1,245 @@
+"""``PublishRun``: the last step of a run. Checks, renames, writes the manifest, moves LATEST.
+
+Layout of an output folder::
+
+    OUT/LATEST                          the id of the last complete run (written last of all)
+    OUT/runs/<run_id>/data/<split>-SSSSS-of-NNNNN.parquet
+    OUT/runs/<run_id>/categories.parquet
+    OUT/runs/<run_id>/rejected/rejected.jsonl
+    OUT/runs/<run_id>/manifest.json     written after everything else in the run folder
+
+Guarantees: nothing is renamed or published unless every shard of every split is present and
+conservation holds for every record kind (read == written + rejected); past
+``max_rejected_fraction`` the run fails naming the commonest reasons. The rejected records are
+written to the run folder before a failure, so they can be read, but the run is not published.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import logging
+import platform
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.parquet import CATEGORIES_SCHEMA
+from schemas.records import KINDS
+from transforms.sharding import shard_name
+
+__all__ = ["PublishConfig", "PublishRun", "RunFailed", "library_versions"]
+
+_LOGGER = logging.getLogger(__name__)
+MANIFEST_FORMAT = "coco-beam/1"
+
+
+class RunFailed(RuntimeError):
+    """The run's output is incomplete or untrustworthy; it was not published."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishConfig:
+    output: str
+    run_id: str
+    temp_dir: str
+    max_rejected_fraction: float
+    settings: dict
+    sources: list
+    started: float
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_rejected_fraction <= 1.0:
+            raise ValueError("max_rejected_fraction must be between 0 and 1")
+
+    @property
+    def run_dir(self) -> str:
+        return FileSystems.join(self.output, "runs", self.run_id)
+
+
+def library_versions() -> dict:
+    """Versions of everything that shapes the output's bytes."""
+    import apache_beam
+    import numpy
+    import PIL
+    import pycocotools
+
+    try:
+        from importlib.metadata import version
+
+        coco_version = version("pycocotools")
+    except Exception:  # noqa: BLE001 - an unusual install still publishes
+        coco_version = getattr(pycocotools, "__version__", "unknown")
+    return {
+        "python": platform.python_version(),
+        "apache-beam": apache_beam.__version__,
+        "pyarrow": pa.__version__,
+        "pycocotools": coco_version,
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def _write_bytes(path: str, data: bytes, mime_type: str) -> None:
+    with FileSystems.create(path, mime_type=mime_type,
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+
+
+def _categories_table(categories: dict) -> bytes:
+    rows = [
+        {"split": split, "id": cat["id"], "name": cat["name"],
+         "supercategory": cat.get("supercategory"), "keypoints": cat.get("keypoints")}
+        for split in sorted(categories)
+        for cat in sorted(categories[split].values(), key=lambda c: c["id"])
+    ]
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=CATEGORIES_SCHEMA), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def _choose_shards(shards, num_shards) -> tuple[list, list]:
+    """One result per expected shard (a retried bundle may have left another); the rest."""
+    by_key = collections.defaultdict(list)
+    for shard in shards:
+        by_key[(shard.split, shard.index)].append(shard)
+    chosen, extra = [], []
+    for split in sorted(num_shards):
+        for index in range(num_shards[split]):
+            results = sorted(by_key.get((split, index), []), key=lambda s: s.temp_path)
+            if not results:
+                raise RunFailed(f"shard {index} of split {split} was not written")
+            chosen.append(results[0])
+            extra.extend(results[1:])
+    return chosen, extra
+
+
+def conservation(counts: dict, shards: list, rejected: list) -> dict:
+    """``{kind: {read, written, rejected}}`` for every record kind."""
+    written = collections.Counter()
+    for shard in shards:
+        written.update(shard.written)
+    rejected_by_kind = collections.Counter(r.kind for r in rejected)
+    return {
+        kind: {"read": counts.get(("read", kind), 0), "written": written[kind],
+               "rejected": rejected_by_kind[kind]}
+        for kind in KINDS
+    }
+
+
+class _PublishFn(beam.DoFn):
+    def __init__(self, config: PublishConfig):
+        self._config = config
+
+    def process(self, _, shards, rejected, counts, categories, num_shards):
+        cfg = self._config
+        run_dir = cfg.run_dir
+        chosen, extra = _choose_shards(shards, num_shards)
+        rejected = sorted(rejected, key=lambda r: (r.kind, r.split, r.key, r.reason, r.source))
+        lines = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in rejected)
+        rejected_path = FileSystems.join(run_dir, "rejected", "rejected.jsonl")
+        _write_bytes(rejected_path, lines.encode("utf-8"), "application/x-ndjson")
+
+        totals = conservation(counts, chosen, rejected)
+        broken = {k: v for k, v in totals.items() if v["read"] != v["written"] + v["rejected"]}
+        if broken:
+            raise RunFailed(f"records were lost or invented (read != written + rejected): {broken}")
+        reasons = collections.Counter(r.reason for r in rejected)
+        for kind, t in totals.items():
+            if t["read"] and t["rejected"] / t["read"] > cfg.max_rejected_fraction:
+                common = ", ".join(
+                    f"{reason} ({n})" for reason, n in
+                    collections.Counter(r.reason for r in rejected if r.kind == kind).most_common(3))
+                raise RunFailed(
+                    f"{t['rejected']} of {t['read']} {kind} records were rejected, more than "
+                    f"--max-rejected-fraction={cfg.max_rejected_fraction}; commonest reasons: "
+                    f"{common}. Rejected records: {rejected_path}")
+
+        finals = [FileSystems.join(run_dir, "data", shard_name(s.split, s.index, s.num_shards,
+                                                              "parquet")) for s in chosen]
+        data_dir = FileSystems.join(run_dir, "data")
+        if not FileSystems.exists(data_dir):
+            FileSystems.mkdirs(data_dir)
+        FileSystems.rename([s.temp_path for s in chosen], finals)
+        _write_bytes(FileSystems.join(run_dir, "categories.parquet"),
+                     _categories_table(categories), "application/octet-stream")
+        splits = {}
+        for s in chosen:
+            entry = splits.setdefault(s.split, {"num_shards": s.num_shards, "images": 0,
+                                                "annotations": 0, "captions": 0, "bytes": 0})
+            entry["images"] += s.written.get("image", 0)
+            entry["annotations"] += s.written.get("annotation", 0)
+            entry["captions"] += s.written.get("caption", 0)
+            entry["bytes"] += s.num_bytes
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "run_id": cfg.run_id,
+            "started": _iso(cfg.started),
+            "finished": _iso(time.time()),
+            "shards": [
+                {"path": f"data/{shard_name(s.split, s.index, s.num_shards, 'parquet')}",
+                 "format": "parquet", "split": s.split, "index": s.index,
+                 "num_shards": s.num_shards, "rows": s.num_rows, "bytes": s.num_bytes,
+                 "sha256": s.sha256}
+                for s in chosen
+            ],
+            "splits": splits,
+            "counts": totals,
+            "rejected_reasons": dict(sorted(reasons.items())),
+            "unlisted_files": {split: n for (key, split), n in sorted(counts.items())
+                               if key == "unlisted_files"},
+            "sources": cfg.sources,
+            "settings": cfg.settings,
+            "versions": library_versions(),
+        }
+        _write_bytes(FileSystems.join(run_dir, "manifest.json"),
+                     (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+                     "application/json")
+        _write_bytes(FileSystems.join(cfg.output, "LATEST"), (cfg.run_id + "\n").encode(),
+                     "text/plain")
+        stale = [s.temp_path for s in extra]
+        if FileSystems.exists(cfg.temp_dir):
+            stale.append(cfg.temp_dir)
+        if stale:
+            FileSystems.delete(stale)
+        _LOGGER.info("published run %s: %d shards", cfg.run_id, len(chosen))
+        yield manifest
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class PublishRun(beam.PTransform):
+    """Publishes a run once every shard is written; see the module docstring.
+
+    Takes a pipeline root; ``shards``, ``rejected``, ``counts`` (summed per key),
+    ``categories`` and ``num_shards`` PCollections come as side inputs. Returns the manifest.
+    """
+
+    def __init__(self, config: PublishConfig, *, shards, rejected, counts, categories,
+                 num_shards):
+        super().__init__()
+        self._config = config
+        self._inputs = (shards, rejected, counts, categories, num_shards)
+
+    def expand(self, pbegin):
+        shards, rejected, counts, categories, num_shards = self._inputs
+        return (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "CheckAndPublish" >> beam.ParDo(
+                _PublishFn(self._config),
+                shards=beam.pvalue.AsList(shards),
+                rejected=beam.pvalue.AsList(rejected),
+                counts=beam.pvalue.AsDict(counts),
+                categories=beam.pvalue.AsDict(categories),
+                num_shards=beam.pvalue.AsDict(num_shards),
+            )
+        )

@@ -1,0 +1,85 @@
+"""``RasterizeMasks``: every instance's segmentation becomes one compressed RLE.
+
+Runs on ``ImagePlan``s (no image bytes: the mask needs only the JSON's size), so it spreads
+over all workers before the shard shuffle and the shard writers do no mask work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from schemas.records import ImagePlan, Rejection
+from transforms.coco_json import RecordError
+from transforms.masks import to_rle
+
+__all__ = ["FLAG_BBOX_OUTSIDE", "FLAG_BBOX_ZERO", "RasterizeMasks", "rasterize_plan"]
+
+REJECTED = "rejected"
+FLAG_BBOX_ZERO = "bbox_zero_size"
+FLAG_BBOX_OUTSIDE = "bbox_outside_image"
+# Sub-pixel slack: COCO's boxes come from float polygon extents and often end a hair past
+# the edge (x + w = 640.01 on a 640-wide image).
+_EDGE_SLACK = 1.0
+
+
+def _bbox_flags(bbox: list[float], width: int, height: int) -> list[str]:
+    x, y, w, h = bbox
+    flags = []
+    if w == 0 or h == 0:
+        flags.append(FLAG_BBOX_ZERO)
+    if x < -_EDGE_SLACK or y < -_EDGE_SLACK or x + w > width + _EDGE_SLACK or (
+        y + h > height + _EDGE_SLACK
+    ):
+        flags.append(FLAG_BBOX_OUTSIDE)
+    return flags
+
+
+def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
+    """Replaces each annotation's ``segmentation`` by ``rle``; rejects what cannot be rasterized."""
+    kept, rejections = [], []
+    for ann in plan.annotations:
+        seg = ann.pop("segmentation")
+        try:
+            rle, flags = to_rle(seg, plan.height, plan.width)
+        except RecordError as exc:
+            digest = hashlib.sha256(json.dumps(seg, default=str).encode()).hexdigest()
+            rejections.append(Rejection(
+                "annotation", str(ann["id"]), exc.reason, type(exc).__name__, str(exc)[:200],
+                plan.source, plan.split, digest))
+            continue
+        ann["rle"] = rle
+        ann["flags"] = ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width,
+                                                                   plan.height)
+        kept.append(ann)
+    plan.annotations = kept
+    return plan, rejections
+
+
+class _RasterizeFn(beam.DoFn):
+    """Metrics (namespace ``coco_beam``): ``masks_rasterized``, ``masks_rejected``."""
+
+    def setup(self):
+        self._rasterized = Metrics.counter("coco_beam", "masks_rasterized")
+        self._rejected = Metrics.counter("coco_beam", "masks_rejected")
+
+    def process(self, plan: ImagePlan):
+        plan, rejections = rasterize_plan(plan)
+        self._rasterized.inc(len(plan.annotations))
+        self._rejected.inc(len(rejections))
+        for rejection in rejections:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+        yield plan
+
+
+class RasterizeMasks(beam.PTransform):
+    """Takes ``ImagePlan``s with raw segmentations; returns plans whose annotations carry
+    ``rle`` (COCO compressed RLE equal to ``annToMask``) and flags, plus ``rejected``
+    annotations (degenerate or odd polygons, broken RLE) with their reason."""
+
+    def expand(self, plans):
+        return plans | "PolygonsToRle" >> beam.ParDo(_RasterizeFn()).with_outputs(
+            REJECTED, main="plans")

@@ -1,0 +1,147 @@
+"""``ReadCocoAnnotations``: stream COCO annotation files into keyed records, in parallel.
+
+Each (file, section) pair is its own element, so a 450 MB instances file is parsed as several
+streams at once (images, annotations, categories) and several files in parallel, each with
+memory bounded by one record. Files are opened through Beam's filesystems, so local paths and
+``gs://`` URLs work alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import AnnotationSource, Rejection
+from transforms import coco_json
+from transforms.coco_json import RecordError
+from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE
+
+__all__ = ["ReadCocoAnnotations", "sections_of"]
+
+REJECTED = "rejected"
+CATEGORIES = "categories"
+COUNTS = "counts"
+
+_SECTIONS = {
+    "instances": ("images", "annotations", "categories"),
+    "person_keypoints": ("images", "annotations", "categories"),
+    "captions": ("images", "annotations"),
+    "image_info": ("images", "categories"),
+}
+
+
+def sections_of(source: AnnotationSource) -> tuple[str, ...]:
+    return _SECTIONS[source.family]
+
+
+class CocoFileError(ValueError):
+    """A whole annotation file cannot be read (not JSON, not COCO); the run stops."""
+
+
+def _record_key(record) -> str:
+    if isinstance(record, dict) and "id" in record:
+        return str(record["id"])[:64]
+    return ""
+
+
+def _sha256_of(record) -> str:
+    try:
+        payload = json.dumps(record, sort_keys=True, default=str).encode("utf-8", "replace")
+    except (TypeError, ValueError):
+        payload = repr(record).encode("utf-8", "replace")
+    return hashlib.sha256(payload).hexdigest()
+
+
+class _ReadSectionFn(beam.DoFn):
+    """Streams one section of one file; every record is emitted, rejected or counted."""
+
+    def process(self, task):
+        source, section = task
+        kind = {"images": TAG_IMAGE, "categories": "category"}.get(section)
+        if kind is None:
+            kind = TAG_CAPTION if source.family == "captions" else TAG_ANNOTATION
+        with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            records = coco_json.iter_section(f, section)
+            while True:
+                try:
+                    record = next(records)
+                except StopIteration:
+                    break
+                except Exception as exc:  # the parser, not a downstream step: nothing is yielded here
+                    raise CocoFileError(
+                        f"{source.path}: not a readable COCO JSON document in section "
+                        f"'{section}': {type(exc).__name__}: {exc}"
+                    ) from exc
+                try:
+                    checked = _check(kind, record, source.family)
+                except RecordError as exc:
+                    yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                        kind, _record_key(record), exc.reason, type(exc).__name__,
+                        str(exc)[:200], source.path, source.split, _sha256_of(record)))
+                    if kind in (TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION):
+                        yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), 1))
+                    continue
+                if kind == "category":
+                    yield beam.pvalue.TaggedOutput(CATEGORIES, (source.split, checked))
+                    continue
+                image_id = checked["id"] if kind == TAG_IMAGE else checked["image_id"]
+                yield (source.split, image_id), (kind, source.family, source.path, checked)
+
+
+def _check(kind: str, record, family: str) -> dict:
+    if kind == TAG_IMAGE:
+        return coco_json.check_image(record)
+    if kind == TAG_CAPTION:
+        return coco_json.check_caption(record)
+    if kind == TAG_ANNOTATION:
+        return coco_json.check_annotation(record, family)
+    return coco_json.check_category(record)
+
+
+def _merge_categories(split, records):
+    """One ``{id: category}`` per split; a keypoints file adds joint names to its category."""
+    merged: dict[int, dict] = {}
+    for cat in sorted(records, key=lambda c: (c["id"], c["keypoints"] is not None)):
+        current = merged.setdefault(cat["id"], dict(cat))
+        if cat["keypoints"] and not current.get("keypoints"):
+            current["keypoints"] = cat["keypoints"]
+    return split, merged
+
+
+class ReadCocoAnnotations(beam.PTransform):
+    """Reads COCO annotation files into records keyed by ``(split, image_id)``.
+
+    Takes a pipeline root and a list of ``AnnotationSource``. Returns a dict of PCollections:
+    ``records`` (``((split, image_id), (tag, family, source, record))``), ``categories``
+    (``(split, {id: category})``), ``rejected`` (records failing their schema check, with a
+    reason) and ``counts``. A file that is not JSON fails the run with a message naming it.
+    """
+
+    def __init__(self, sources: list[AnnotationSource]):
+        super().__init__()
+        self._sources = list(sources)
+
+    def expand(self, pbegin):
+        tasks = [(source, section) for source in self._sources for section in sections_of(source)]
+        outputs = (
+            pbegin
+            | "ListSections" >> beam.Create(tasks)
+            | "SpreadSections" >> beam.Reshuffle()
+            | "StreamSection" >> beam.ParDo(_ReadSectionFn()).with_outputs(
+                REJECTED, CATEGORIES, COUNTS, main="records")
+        )
+        categories = (
+            outputs[CATEGORIES]
+            | "GroupCategories" >> beam.GroupByKey()
+            | "MergeCategories" >> beam.MapTuple(_merge_categories)
+        )
+        return {
+            "records": outputs.records,
+            "categories": categories,
+            "rejected": outputs[REJECTED],
+            "counts": outputs[COUNTS],
+        }
