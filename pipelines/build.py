@@ -72,18 +72,27 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
     images_dirs = {s.split: s.images_dir for s in plan.sources}
     read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources)
     joined = {"records": read["records"], "categories": read["categories"]} | (
-        "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir))
+        "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir)
+    )
     rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
     assigned = rasterized.plans | "AssignShards" >> AssignShards(
-        images_dirs, options.shard_bytes, options.num_shards)
+        images_dirs, options.shard_bytes, options.num_shards
+    )
     writer_config = ShardWriterConfig(
-        temp_dir=plan.temp_dir, row_group_bytes=options.row_group_bytes,
-        io_threads=options.io_threads, max_pixels=options.max_pixels,
-        progress_dir=options.progress_dir)
+        temp_dir=plan.temp_dir,
+        row_group_bytes=options.row_group_bytes,
+        io_threads=options.io_threads,
+        max_pixels=options.max_pixels,
+        progress_dir=options.progress_dir,
+    )
     written = assigned["keyed"] | "WriteParquetShards" >> WriteParquetShards(
-        writer_config, num_shards=assigned["num_shards"], categories=read["categories"])
+        writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
+    )
     rejected = (
-        read["rejected"], joined.rejected, rasterized.rejected, written.rejected
+        read["rejected"],
+        joined.rejected,
+        rasterized.rejected,
+        written.rejected,
     ) | "AllRejected" >> beam.Flatten()
     counts = (
         (read["counts"], joined.counts, assigned["counts"])
@@ -100,14 +109,23 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         "formats": ["parquet"],
     }
     publish_config = PublishConfig(
-        output=plan.output, run_id=plan.run_id, temp_dir=plan.temp_dir,
-        max_rejected_fraction=options.max_rejected_fraction, settings=settings,
-        sources=[dataclasses.asdict(s) for s in plan.sources] + [
-            {"path": p, "ignored": True} for p in plan.ignored],
-        started=plan.started)
+        output=plan.output,
+        run_id=plan.run_id,
+        temp_dir=plan.temp_dir,
+        max_rejected_fraction=options.max_rejected_fraction,
+        settings=settings,
+        sources=[dataclasses.asdict(s) for s in plan.sources]
+        + [{"path": p, "ignored": True} for p in plan.ignored],
+        started=plan.started,
+    )
     return pipeline | "PublishRun" >> PublishRun(
-        publish_config, shards=written.shards, rejected=rejected, counts=counts,
-        categories=read["categories"], num_shards=assigned["num_shards"])
+        publish_config,
+        shards=written.shards,
+        rejected=rejected,
+        counts=counts,
+        categories=read["categories"],
+        num_shards=assigned["num_shards"],
+    )
 
 
 def default_runner(options: PipelineOptions):
@@ -137,8 +155,7 @@ def run(argv=None, test_pipeline=None):
             runner = default_runner(options)
         pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, build_options, plan)
-    _LOGGER.info("run %s: %d annotation files -> %s", plan.run_id, len(plan.sources),
-                 plan.run_dir)
+    _LOGGER.info("run %s: %d annotation files -> %s", plan.run_id, len(plan.sources), plan.run_dir)
     result = pipeline.run()
     result.wait_until_finish()
     return result, plan

@@ -79,8 +79,11 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
         f"{counts['caption']['read']:,}",
         f"  shards       {len(manifest['shards']):>10,} ({total_bytes / 1e6:,.1f} MB)",
         f"  rejected     {rejected:>10,}"
-        + (f"  ({', '.join(f'{k}: {v}' for k, v in manifest['rejected_reasons'].items())})"
-           if rejected else ""),
+        + (
+            f"  ({', '.join(f'{k}: {v}' for k, v in manifest['rejected_reasons'].items())})"
+            if rejected
+            else ""
+        ),
         f"  seconds      {seconds:>10,.1f}",
     ]
     return "\n".join(lines)
@@ -116,16 +119,19 @@ def _build(argv: list[str]) -> int:
 def _synth(argv: list[str]) -> int:
     from pipelines.synth import synthesize
 
-    parser = argparse.ArgumentParser(prog="coco-beam synth",
-                                     description="Write a synthetic COCO dataset.")
+    parser = argparse.ArgumentParser(
+        prog="coco-beam synth", description="Write a synthetic COCO dataset."
+    )
     parser.add_argument("--output", required=True, help="Root folder of the dataset.")
     parser.add_argument("--images", type=int, required=True, help="Number of images.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.monotonic()
     splits = synthesize(args.output, args.images, args.seed)
-    print(f"wrote {sum(splits.values())} images ({', '.join(f'{k}: {v}' for k, v in splits.items())})"
-          f" to {args.output} in {time.monotonic() - started:.1f} s")
+    print(
+        f"wrote {sum(splits.values())} images ({', '.join(f'{k}: {v}' for k, v in splits.items())})"
+        f" to {args.output} in {time.monotonic() - started:.1f} s"
+    )
     return 0
 
 
@@ -133,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"build": _build, "synth": _synth}
     if not argv or argv[0] not in commands:
-        print("usage: coco-beam {build,synth} [options]  (coco-beam COMMAND --help for more)",
-              file=sys.stderr)
+        print(
+            "usage: coco-beam {build,synth} [options]  (coco-beam COMMAND --help for more)",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return commands[argv[0]](argv[1:])

@@ -24,8 +24,9 @@ def _has_files(folder: str) -> bool:
     return bool(result.metadata_list)
 
 
-def find_sources(coco_root: str | None, annotations: list[str] | None,
-                 images: str | None) -> tuple[list[AnnotationSource], list[str]]:
+def find_sources(
+    coco_root: str | None, annotations: list[str] | None, images: str | None
+) -> tuple[list[AnnotationSource], list[str]]:
     """Returns the annotation sources and the annotation files left out."""
     if bool(coco_root) == bool(annotations):
         raise LayoutError("give either --coco-root ROOT or --annotations FILE... --images DIR")

@@ -40,38 +40,75 @@ class BuildOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         group = parser.add_argument_group("coco-beam build")
         group.add_argument(
-            "--coco-root", dest="coco_root", default=None,
+            "--coco-root",
+            dest="coco_root",
+            default=None,
             help="A COCO dataset in the official layout: ROOT/annotations/<family>_<split>.json "
-                 "and the images of each split in ROOT/<split>/. Local path or gs:// URL.")
+            "and the images of each split in ROOT/<split>/. Local path or gs:// URL.",
+        )
         group.add_argument(
-            "--annotations", dest="annotations", nargs="+", default=None,
+            "--annotations",
+            dest="annotations",
+            nargs="+",
+            default=None,
             help="Annotation files to read (instead of --coco-root); the split is taken from "
-                 "each file's name (instances_val2017.json: val2017; train.json: train).")
+            "each file's name (instances_val2017.json: val2017; train.json: train).",
+        )
         group.add_argument(
-            "--images", dest="images", default=None,
-            help="With --annotations: the folder holding the files the 'file_name's name.")
+            "--images",
+            dest="images",
+            default=None,
+            help="With --annotations: the folder holding the files the 'file_name's name.",
+        )
         group.add_argument(
-            "--output", dest="output", default=None,
+            "--output",
+            dest="output",
+            default=None,
             help="Output folder (local path or gs:// URL). Each run writes OUTPUT/runs/<id>/ "
-                 "and then points OUTPUT/LATEST at it.")
+            "and then points OUTPUT/LATEST at it.",
+        )
         group.add_argument(
-            "--num-shards", dest="num_shards", type=_positive_int, default=None,
-            help="Shards per split; by default one per --shard-bytes of images.")
+            "--num-shards",
+            dest="num_shards",
+            type=_positive_int,
+            default=None,
+            help="Shards per split; by default one per --shard-bytes of images.",
+        )
         group.add_argument(
-            "--shard-bytes", dest="shard_bytes", type=_positive_int, default=DEFAULT_SHARD_BYTES,
-            help="Target shard size in bytes of images (default 256 MiB).")
+            "--shard-bytes",
+            dest="shard_bytes",
+            type=_positive_int,
+            default=DEFAULT_SHARD_BYTES,
+            help="Target shard size in bytes of images (default 256 MiB).",
+        )
         group.add_argument(
-            "--row-group-bytes", dest="row_group_bytes", type=_positive_int,
-            default=64 * 1024 * 1024, help="Row group size bound in bytes (default 64 MiB).")
+            "--row-group-bytes",
+            dest="row_group_bytes",
+            type=_positive_int,
+            default=64 * 1024 * 1024,
+            help="Row group size bound in bytes (default 64 MiB).",
+        )
         group.add_argument(
-            "--io-threads", dest="io_threads", type=_positive_int, default=2,
-            help="Threads reading and decoding images ahead of each shard writer (default 2).")
+            "--io-threads",
+            dest="io_threads",
+            type=_positive_int,
+            default=2,
+            help="Threads reading and decoding images ahead of each shard writer (default 2).",
+        )
         group.add_argument(
-            "--max-pixels", dest="max_pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
-            help="Images with more pixels are rejected as image_too_large (default 100M).")
+            "--max-pixels",
+            dest="max_pixels",
+            type=_positive_int,
+            default=DEFAULT_MAX_PIXELS,
+            help="Images with more pixels are rejected as image_too_large (default 100M).",
+        )
         group.add_argument(
-            "--max-rejected-fraction", dest="max_rejected_fraction", type=_fraction,
+            "--max-rejected-fraction",
+            dest="max_rejected_fraction",
+            type=_fraction,
             default=DEFAULT_MAX_REJECTED_FRACTION,
-            help="Fail the run when more than this fraction of any record kind is rejected.")
-        group.add_argument("--progress-dir", dest="progress_dir", default=None,
-                           help=argparse.SUPPRESS)
+            help="Fail the run when more than this fraction of any record kind is rejected.",
+        )
+        group.add_argument(
+            "--progress-dir", dest="progress_dir", default=None, help=argparse.SUPPRESS
+        )

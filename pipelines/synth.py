@@ -33,10 +33,18 @@ _NAMES = (
     "hair_drier toothbrush"
 ).split()
 _SUPER = {
-    "person": "person", "vehicle": range(2, 10), "outdoor": range(10, 16),
-    "animal": range(16, 26), "accessory": range(27, 34), "sports": range(34, 44),
-    "kitchen": range(44, 52), "food": range(52, 62), "furniture": range(62, 72),
-    "electronic": range(72, 78), "appliance": range(78, 84), "indoor": range(84, 91),
+    "person": "person",
+    "vehicle": range(2, 10),
+    "outdoor": range(10, 16),
+    "animal": range(16, 26),
+    "accessory": range(27, 34),
+    "sports": range(34, 44),
+    "kitchen": range(44, 52),
+    "food": range(52, 62),
+    "furniture": range(62, 72),
+    "electronic": range(72, 78),
+    "appliance": range(78, 84),
+    "indoor": range(84, 91),
 }
 
 
@@ -53,14 +61,49 @@ COCO_CATEGORIES = [
     if name != "-"
 ]
 KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 ]
-SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
-            [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
-_WORDS = ("a man a woman two dogs a cat a red bus a kitchen a street a table people a pizza "
-          "sitting standing walking near on under next to with in the park at night").split()
+SKELETON = [
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
+]
+_WORDS = (
+    "a man a woman two dogs a cat a red bus a kitchen a street a table people a pizza "
+    "sitting standing walking near on under next to with in the park at night"
+).split()
 
 
 def _ring(rng, cx, cy, radius, width, height) -> list[float]:
@@ -69,14 +112,18 @@ def _ring(rng, cx, cy, radius, width, height) -> list[float]:
     radii = radius * rng.uniform(0.45, 1.0, n)
     xs = np.clip(cx + radii * np.cos(angles), 0, width - 0.01)
     ys = np.clip(cy + radii * np.sin(angles), 0, height - 0.01)
-    return [round(float(v), 2) for pair in zip(xs, ys) for v in pair]
+    return [round(float(v), 2) for pair in zip(xs, ys, strict=True) for v in pair]
 
 
 def _bbox_of(rings) -> list[float]:
     xs = [v for ring in rings for v in ring[0::2]]
     ys = [v for ring in rings for v in ring[1::2]]
-    return [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2),
-            round(max(ys) - min(ys), 2)]
+    return [
+        round(min(xs), 2),
+        round(min(ys), 2),
+        round(max(xs) - min(xs), 2),
+        round(max(ys) - min(ys), 2),
+    ]
 
 
 def _objects(rng, image_id: int, width: int, height: int, next_id: list) -> list[dict]:
@@ -85,19 +132,37 @@ def _objects(rng, image_id: int, width: int, height: int, next_id: list) -> list
         return []
     anns = []
     for _ in range(int(rng.integers(1, 9))):
-        category = COCO_CATEGORIES[0] if rng.random() < 0.3 else COCO_CATEGORIES[
-            int(rng.integers(0, len(COCO_CATEGORIES)))]
+        category = (
+            COCO_CATEGORIES[0]
+            if rng.random() < 0.3
+            else COCO_CATEGORIES[int(rng.integers(0, len(COCO_CATEGORIES)))]
+        )
         radius = float(rng.uniform(8, min(width, height) / 3))
-        cx, cy = rng.uniform(radius / 2, width - radius / 2), rng.uniform(radius / 2, height - radius / 2)
+        cx, cy = (
+            rng.uniform(radius / 2, width - radius / 2),
+            rng.uniform(radius / 2, height - radius / 2),
+        )
         crowd = rng.random() < 0.05
         rings = [_ring(rng, cx, cy, radius, width, height)]
         for _ in range(int(rng.integers(0, 3))):
-            rings.append(_ring(rng, cx + rng.uniform(-radius, radius),
-                               cy + rng.uniform(-radius, radius), radius / 3, width, height))
+            rings.append(
+                _ring(
+                    rng,
+                    cx + rng.uniform(-radius, radius),
+                    cy + rng.uniform(-radius, radius),
+                    radius / 3,
+                    width,
+                    height,
+                )
+            )
         rle = mask_utils.merge(mask_utils.frPyObjects(rings, height, width))
         ann = {
-            "id": next_id[0], "image_id": image_id, "category_id": category["id"],
-            "iscrowd": int(crowd), "area": float(mask_utils.area(rle)), "bbox": _bbox_of(rings),
+            "id": next_id[0],
+            "image_id": image_id,
+            "category_id": category["id"],
+            "iscrowd": int(crowd),
+            "area": float(mask_utils.area(rle)),
+            "bbox": _bbox_of(rings),
         }
         next_id[0] += 1
         if crowd:
@@ -116,7 +181,7 @@ def _objects(rng, image_id: int, width: int, height: int, next_id: list) -> list
             kx = rng.uniform(cx - radius, cx + radius, 17).clip(0, width - 1)
             ky = rng.uniform(cy - radius, cy + radius, 17).clip(0, height - 1)
             kps = []
-            for x, y, v in zip(kx, ky, vis):
+            for x, y, v in zip(kx, ky, vis, strict=True):
                 kps += [int(x), int(y), int(v)] if v else [0, 0, 0]
             ann["keypoints"] = kps
             ann["num_keypoints"] = int(np.count_nonzero(vis))
@@ -138,7 +203,7 @@ def _render(task) -> None:
     draw = ImageDraw.Draw(image)
     for ring in rings:
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.polygon(list(zip(ring[0::2], ring[1::2])), fill=color)
+        draw.polygon(list(zip(ring[0::2], ring[1::2], strict=True)), fill=color)
     if gray:
         image = image.convert("L")
     buf = io.BytesIO()
@@ -183,35 +248,69 @@ def synthesize(root: str, num_images: int, seed: int = 0, processes: int | None 
             short = int(rng.integers(300, 641))
             width, height = (640, short) if rng.random() < 0.7 else (short, 640)
             file_name = f"{image_id:012d}.jpg"
-            images.append({"id": image_id, "file_name": file_name, "width": width,
-                           "height": height, "license": 1, "coco_url": "", "flickr_url": ""})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "width": width,
+                    "height": height,
+                    "license": 1,
+                    "coco_url": "",
+                    "flickr_url": "",
+                }
+            )
             anns = _objects(rng, image_id, width, height, next_ann) if split != "test2017" else []
             instances += anns
-            rings = [r for a in anns if isinstance(a["segmentation"], list)
-                     for r in a["segmentation"]]
-            tasks.append((os.path.join(root, split, file_name), int(rng.integers(0, 2**31)),
-                          width, height, bool(rng.random() < 0.05), rings))
+            rings = [
+                r for a in anns if isinstance(a["segmentation"], list) for r in a["segmentation"]
+            ]
+            tasks.append(
+                (
+                    os.path.join(root, split, file_name),
+                    int(rng.integers(0, 2**31)),
+                    width,
+                    height,
+                    bool(rng.random() < 0.05),
+                    rings,
+                )
+            )
             if split != "test2017":
                 for _ in range(5):
-                    captions.append({"id": next_cap, "image_id": image_id,
-                                     "caption": _caption(rng)})
+                    captions.append(
+                        {"id": next_cap, "image_id": image_id, "caption": _caption(rng)}
+                    )
                     next_cap += 1
         info = {"description": "coco-beam synthetic COCO", "version": "1.0", "year": 2017}
         ann_dir = os.path.join(root, "annotations")
         if split == "test2017":
-            _dump(os.path.join(ann_dir, f"image_info_{split}.json"),
-                  {"info": info, "images": images, "categories": COCO_CATEGORIES})
+            _dump(
+                os.path.join(ann_dir, f"image_info_{split}.json"),
+                {"info": info, "images": images, "categories": COCO_CATEGORIES},
+            )
             continue
-        plain = [{k: v for k, v in a.items() if k not in ("keypoints", "num_keypoints")}
-                 for a in instances]
-        _dump(os.path.join(ann_dir, f"instances_{split}.json"),
-              {"info": info, "licenses": [{"id": 1, "name": "CC BY 4.0", "url": ""}],
-               "images": images, "annotations": plain, "categories": COCO_CATEGORIES})
+        plain = [
+            {k: v for k, v in a.items() if k not in ("keypoints", "num_keypoints")}
+            for a in instances
+        ]
+        _dump(
+            os.path.join(ann_dir, f"instances_{split}.json"),
+            {
+                "info": info,
+                "licenses": [{"id": 1, "name": "CC BY 4.0", "url": ""}],
+                "images": images,
+                "annotations": plain,
+                "categories": COCO_CATEGORIES,
+            },
+        )
         people = [a for a in instances if a["category_id"] == 1]
-        _dump(os.path.join(ann_dir, f"person_keypoints_{split}.json"),
-              {"info": info, "images": images, "annotations": people, "categories": [person]})
-        _dump(os.path.join(ann_dir, f"captions_{split}.json"),
-              {"info": info, "images": images, "annotations": captions})
+        _dump(
+            os.path.join(ann_dir, f"person_keypoints_{split}.json"),
+            {"info": info, "images": images, "annotations": people, "categories": [person]},
+        )
+        _dump(
+            os.path.join(ann_dir, f"captions_{split}.json"),
+            {"info": info, "images": images, "annotations": captions},
+        )
     processes = processes or os.cpu_count() or 1
     if processes > 1 and len(tasks) > 16:
         with multiprocessing.get_context("spawn").Pool(processes) as pool:

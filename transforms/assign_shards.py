@@ -24,7 +24,7 @@ def list_images(split: str, images_dir: str):
     for meta in result.metadata_list:
         path = meta.path
         if path.startswith(root):
-            yield (split, path[len(root):]), meta.size_in_bytes
+            yield (split, path[len(root) :]), meta.size_in_bytes
 
 
 def _sizes_of_listed(kv):
@@ -87,18 +87,20 @@ class AssignShards(beam.PTransform):
         sized = (
             {"sizes": listing, "ids": ids}
             | "JoinSizes" >> beam.CoGroupByKey()
-            | "SizeOfEach" >> beam.FlatMap(_sizes_of_listed)
+            | "SizeOfEach"
+            >> beam.FlatMap(_sizes_of_listed)
             .with_output_types(tuple[str, tuple[int, int]])
             .with_outputs(COUNTS, main="sizes")
         )
         num_shards = (
             sized.sizes
             | "SumSizes" >> beam.CombinePerKey(_sum_pairs)
-            | "CountShards" >> beam.Map(
-                _shard_counts, shard_bytes=self._shard_bytes, fixed=self._num_shards)
+            | "CountShards"
+            >> beam.Map(_shard_counts, shard_bytes=self._shard_bytes, fixed=self._num_shards)
         )
         keyed = plans | "KeyByShard" >> beam.Map(
-            _key_by_shard, num_shards=beam.pvalue.AsDict(num_shards))
+            _key_by_shard, num_shards=beam.pvalue.AsDict(num_shards)
+        )
         placeholders = num_shards | "EveryShard" >> beam.FlatMap(_all_shards)
         return {
             "keyed": (keyed, placeholders) | "WithEveryShard" >> beam.Flatten(),

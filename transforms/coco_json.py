@@ -62,7 +62,9 @@ def _require_int(record: dict, field: str, *, minimum: int | None = None) -> int
         raise RecordError(Reason.SCHEMA_VIOLATION, f"missing required key {field!r}")
     value = record[field]
     if not _is_int(value):
-        raise RecordError(Reason.SCHEMA_VIOLATION, f"{field!r} must be an integer, got {value!r:.40}")
+        raise RecordError(
+            Reason.SCHEMA_VIOLATION, f"{field!r} must be an integer, got {value!r:.40}"
+        )
     if minimum is not None and value < minimum:
         raise RecordError(Reason.SCHEMA_VIOLATION, f"{field!r} must be >= {minimum}, got {value}")
     return value
@@ -74,7 +76,9 @@ def _check_string(value, field: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise RecordError(Reason.INVALID_UNICODE, f"{field!r} is not valid Unicode: {exc.reason}")
+        raise RecordError(
+            Reason.INVALID_UNICODE, f"{field!r} is not valid Unicode: {exc.reason}"
+        ) from None
     return value
 
 
@@ -123,8 +127,10 @@ def _check_bbox(value) -> list[float]:
 
 def _check_keypoints(record: dict) -> tuple[list[float], int]:
     keypoints = record["keypoints"]
-    if not isinstance(keypoints, list) or len(keypoints) % 3 or not all(
-        _is_number(v) for v in keypoints
+    if (
+        not isinstance(keypoints, list)
+        or len(keypoints) % 3
+        or not all(_is_number(v) for v in keypoints)
     ):
         raise RecordError(Reason.INVALID_KEYPOINTS, "'keypoints' must be a list of 3k numbers")
     for v in keypoints:

@@ -70,6 +70,28 @@ def is_not_found(exc: BaseException) -> bool:
     return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
 
 
+def _decode(data: bytes, max_pixels: int):
+    """Opens with the allowlist, checks the header, decodes every pixel once."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError as exc:
+        try:
+            with Image.open(io.BytesIO(data)) as other:
+                found = other.format
+        except Exception:  # noqa: BLE001 - any failure means: not an image at all
+            raise RecordError(Reason.IMAGE_CORRUPT, "not a decodable image") from exc
+        raise RecordError(
+            Reason.FORMAT_NOT_ALLOWED, f"{found} is not one of {ALLOWED_FORMATS}"
+        ) from exc
+    with image:
+        if image.width * image.height > max_pixels:
+            raise RecordError(Reason.IMAGE_TOO_LARGE, f"header says {image.width}x{image.height}")
+        if image.mode not in _SUPPORTED_MODES:
+            raise RecordError(Reason.UNSUPPORTED_MODE, f"mode {image.mode} is not supported")
+        image.load()
+        return image.format.lower(), image.mode, image.size, image.getexif().get(_EXIF_ORIENTATION)
+
+
 def inspect_image(
     data: bytes, width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> ImageFacts:
@@ -84,34 +106,17 @@ def inspect_image(
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-        except UnidentifiedImageError as exc:
-            try:
-                other = Image.open(io.BytesIO(data))
-                other.close()
-            except Exception:  # noqa: BLE001 - any failure means: not an image at all
-                raise RecordError(Reason.IMAGE_CORRUPT, "not a decodable image") from exc
-            raise RecordError(
-                Reason.FORMAT_NOT_ALLOWED, f"{other.format} is not one of {ALLOWED_FORMATS}"
-            ) from exc
+            fmt, mode, size, orientation = _decode(data, max_pixels)
+        except RecordError:
+            raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise RecordError(Reason.IMAGE_TOO_LARGE, str(exc)[:200]) from exc
-        with image:
-            if image.width * image.height > max_pixels:
-                raise RecordError(
-                    Reason.IMAGE_TOO_LARGE, f"header says {image.width}x{image.height}"
-                )
-            if image.mode not in _SUPPORTED_MODES:
-                raise RecordError(Reason.UNSUPPORTED_MODE, f"mode {image.mode} is not supported")
-            try:
-                image.load()
-            except OSError as exc:
-                reason = Reason.IMAGE_TRUNCATED if "truncated" in str(exc) else Reason.IMAGE_CORRUPT
-                raise RecordError(reason, str(exc)[:200]) from exc
-            except (SyntaxError, ValueError) as exc:
-                raise RecordError(Reason.IMAGE_CORRUPT, str(exc)[:200]) from exc
-            orientation = image.getexif().get(_EXIF_ORIENTATION)
-            fmt, mode, size = image.format.lower(), image.mode, image.size
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile bytes
+            text = str(exc)
+            reason = Reason.IMAGE_TRUNCATED if "runcated" in text else Reason.IMAGE_CORRUPT
+            raise RecordError(reason, f"{type(exc).__name__}: {text[:200]}") from exc
     flags: tuple[str, ...] = ()
     if size != (width, height):
         if size == (height, width) and orientation in (5, 6, 7, 8):

@@ -1,4 +1,4 @@
-"""Join every annotation family to its image: pure core and the ``JoinAnnotationsToImages`` transform.
+"""``JoinAnnotationsToImages``: every annotation family joined to its image, over a pure core.
 
 Guarantees of ``join_image`` (one image key's records from every family):
   * one ``ImagePlan`` per valid image, or none; every record it saw is either in the plan or in
@@ -47,9 +47,16 @@ def _merge_instances(records: list, split: str, dup_ids: frozenset, rejections: 
         families = [family for family, _, _ in copies]
         if ann_id in dup_ids or len(set(families)) != len(families):
             for _, source, _ in copies:
-                rejections.append(_reject(
-                    TAG_ANNOTATION, ann_id, Reason.DUPLICATE_ANNOTATION_ID,
-                    "annotation id listed more than once", source, split))
+                rejections.append(
+                    _reject(
+                        TAG_ANNOTATION,
+                        ann_id,
+                        Reason.DUPLICATE_ANNOTATION_ID,
+                        "annotation id listed more than once",
+                        source,
+                        split,
+                    )
+                )
             continue
         by_family = {family: (source, ann) for family, source, ann in copies}
         source, ann = by_family.get("instances") or by_family["person_keypoints"]
@@ -77,7 +84,8 @@ def join_image(
     images, annotations, captions = [], [], []
     for tag, family, source, record in values:
         {TAG_IMAGE: images, TAG_ANNOTATION: annotations, TAG_CAPTION: captions}[tag].append(
-            (family, source, record))
+            (family, source, record)
+        )
     rejections: list[Rejection] = []
     read = collections.Counter()
     merged = _merge_instances(annotations, split, duplicate_ids, rejections)
@@ -98,19 +106,43 @@ def join_image(
     source = images[0][1]
     families = [family for family, _, _ in images]
     if len(set(families)) != len(families):
-        rejections.append(_reject(TAG_IMAGE, image_id, Reason.DUPLICATE_IMAGE_ID,
-                                  "image id listed more than once in one file", source, split))
+        rejections.append(
+            _reject(
+                TAG_IMAGE,
+                image_id,
+                Reason.DUPLICATE_IMAGE_ID,
+                "image id listed more than once in one file",
+                source,
+                split,
+            )
+        )
         reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
         return None, rejections, read
     first = images[0][2]
     if any(rec != first for _, _, rec in images[1:]):
-        rejections.append(_reject(TAG_IMAGE, image_id, Reason.SCHEMA_VIOLATION,
-                                  "annotation files disagree on file_name or size", source, split))
+        rejections.append(
+            _reject(
+                TAG_IMAGE,
+                image_id,
+                Reason.SCHEMA_VIOLATION,
+                "annotation files disagree on file_name or size",
+                source,
+                split,
+            )
+        )
         reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
         return None, rejections, read
     if not safe_relative_path(first["file_name"]):
-        rejections.append(_reject(TAG_IMAGE, image_id, Reason.UNSAFE_PATH,
-                                  "file_name is not a plain relative path", source, split))
+        rejections.append(
+            _reject(
+                TAG_IMAGE,
+                image_id,
+                Reason.UNSAFE_PATH,
+                "file_name is not a plain relative path",
+                source,
+                split,
+            )
+        )
         reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
         return None, rejections, read
 
@@ -118,15 +150,29 @@ def join_image(
     for ann_source, ann in merged:
         category = categories.get(ann["category_id"])
         if category is None:
-            rejections.append(_reject(TAG_ANNOTATION, ann["id"], Reason.UNKNOWN_CATEGORY,
-                                      f"category {ann['category_id']} is not defined",
-                                      ann_source, split))
+            rejections.append(
+                _reject(
+                    TAG_ANNOTATION,
+                    ann["id"],
+                    Reason.UNKNOWN_CATEGORY,
+                    f"category {ann['category_id']} is not defined",
+                    ann_source,
+                    split,
+                )
+            )
             continue
         names = category.get("keypoints")
         if ann["keypoints"] is not None and names and len(ann["keypoints"]) != 3 * len(names):
-            rejections.append(_reject(TAG_ANNOTATION, ann["id"], Reason.INVALID_KEYPOINTS,
-                                      f"{len(ann['keypoints'])} keypoint values for "
-                                      f"{len(names)} named joints", ann_source, split))
+            rejections.append(
+                _reject(
+                    TAG_ANNOTATION,
+                    ann["id"],
+                    Reason.INVALID_KEYPOINTS,
+                    f"{len(ann['keypoints'])} keypoint values for {len(names)} named joints",
+                    ann_source,
+                    split,
+                )
+            )
             continue
         ann.pop("image_id", None)
         ann["flags"] = []
@@ -134,8 +180,16 @@ def join_image(
     kept_captions = []
     for _, cap_source, cap in sorted(captions, key=lambda c: c[2]["id"]):
         if cap_ids[cap["id"]] > 1:
-            rejections.append(_reject(TAG_CAPTION, cap["id"], Reason.DUPLICATE_ANNOTATION_ID,
-                                      "caption id listed more than once", cap_source, split))
+            rejections.append(
+                _reject(
+                    TAG_CAPTION,
+                    cap["id"],
+                    Reason.DUPLICATE_ANNOTATION_ID,
+                    "caption id listed more than once",
+                    cap_source,
+                    split,
+                )
+            )
             continue
         kept_captions.append({"id": cap["id"], "caption": cap["caption"]})
     plan = ImagePlan(
@@ -165,11 +219,13 @@ class _JoinFn(beam.DoFn):
         (split, image_id), values = element
         dups = duplicate_ids.get(split, frozenset())
         plan, rejections, read = join_image(
-            split, image_id, values, categories.get(split, {}), self._images_dirs[split], dups)
+            split, image_id, values, categories.get(split, {}), self._images_dirs[split], dups
+        )
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)
         for kind, n in read.items():
-            yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), n))
+            if n:
+                yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), n))
         if plan is not None:
             self._progress.add(1)
             yield plan
@@ -206,7 +262,8 @@ class JoinAnnotationsToImages(beam.PTransform):
         return (
             keyed
             | "GroupByImage" >> beam.GroupByKey()
-            | "Join" >> beam.ParDo(
+            | "Join"
+            >> beam.ParDo(
                 _JoinFn(self._images_dirs, self._progress_dir),
                 categories=beam.pvalue.AsDict(categories),
                 duplicate_ids=beam.pvalue.AsDict(duplicates),

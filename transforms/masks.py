@@ -83,7 +83,9 @@ def _check_rle(seg: dict, height: int, width: int) -> None:
     ):
         raise RecordError(Reason.INVALID_RLE, "RLE 'size' must be [height, width]")
     if size != [height, width]:
-        raise RecordError(Reason.INVALID_RLE, f"RLE size {size} is not the image's {[height, width]}")
+        raise RecordError(
+            Reason.INVALID_RLE, f"RLE size {size} is not the image's {[height, width]}"
+        )
     counts = seg.get("counts")
     if isinstance(counts, list):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):

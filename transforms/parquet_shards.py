@@ -41,8 +41,16 @@ __all__ = ["ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
 REJECTED = "rejected"
 # Statistics only on small scalar columns: min/max of image bytes would put two images in the
 # footer of every row group.
-_STATISTICS_COLUMNS = ["image_id", "split", "file_name", "width", "height", "sha256",
-                       "num_objects", "has_crowd"]
+_STATISTICS_COLUMNS = [
+    "image_id",
+    "split",
+    "file_name",
+    "width",
+    "height",
+    "sha256",
+    "num_objects",
+    "has_crowd",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +85,28 @@ def load_image(plan: ImagePlan, max_pixels: int) -> tuple[bytes, ImageFacts] | R
     except Exception as exc:
         if not is_not_found(exc):
             raise
-        return Rejection("image", str(plan.image_id), Reason.IMAGE_MISSING, type(exc).__name__,
-                         f"no file {plan.file_name!r} under the images folder", plan.source,
-                         plan.split)
+        return Rejection(
+            "image",
+            str(plan.image_id),
+            Reason.IMAGE_MISSING,
+            type(exc).__name__,
+            f"no file {plan.file_name!r} under the images folder",
+            plan.source,
+            plan.split,
+        )
     try:
         return data, inspect_image(data, plan.width, plan.height, max_pixels=max_pixels)
     except RecordError as exc:
-        return Rejection("image", str(plan.image_id), exc.reason, type(exc).__name__,
-                         str(exc)[:200], plan.source, plan.split,
-                         hashlib.sha256(data).hexdigest())
+        return Rejection(
+            "image",
+            str(plan.image_id),
+            exc.reason,
+            type(exc).__name__,
+            str(exc)[:200],
+            plan.source,
+            plan.split,
+            hashlib.sha256(data).hexdigest(),
+        )
 
 
 def build_row(plan: ImagePlan, data: bytes, facts: ImageFacts) -> dict:
@@ -193,9 +214,13 @@ class _WriteShardFn(beam.DoFn):
         raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
         stream = _HashingStream(raw)
         writer = pq.ParquetWriter(
-            stream, schema, compression=self._config.compression,
-            use_dictionary=["split", "format", "mode"], write_statistics=_STATISTICS_COLUMNS,
-            sorting_columns=[pq.SortingColumn(0)])
+            stream,
+            schema,
+            compression=self._config.compression,
+            use_dictionary=["split", "format", "mode"],
+            write_statistics=_STATISTICS_COLUMNS,
+            sorting_columns=[pq.SortingColumn(0)],
+        )
         rows, buffered = [], 0
         window = 2 * self._config.io_threads + 2
         for plan, loaded in _in_order(self._pool, self._load, plans, window):
@@ -223,8 +248,16 @@ class _WriteShardFn(beam.DoFn):
         self._shards.inc()
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)
-        yield ShardResult(split, index, n, temp_path, num_rows, stream.num_bytes,
-                          stream.sha256.hexdigest(), dict(written))
+        yield ShardResult(
+            split,
+            index,
+            n,
+            temp_path,
+            num_rows,
+            stream.num_bytes,
+            stream.sha256.hexdigest(),
+            dict(written),
+        )
 
 
 def _flush(writer, rows, schema) -> int:
@@ -236,8 +269,15 @@ def _flush(writer, rows, schema) -> int:
 def _dependents(plan: ImagePlan) -> list[Rejection]:
     message = f"image {plan.image_id} was rejected"
     return [
-        Rejection(kind, str(rec["id"]), Reason.IMAGE_REJECTED, "RecordError", message,
-                  plan.source, plan.split)
+        Rejection(
+            kind,
+            str(rec["id"]),
+            Reason.IMAGE_REJECTED,
+            "RecordError",
+            message,
+            plan.source,
+            plan.split,
+        )
         for kind, records in (("annotation", plan.annotations), ("caption", plan.captions))
         for rec in records
     ]
@@ -245,8 +285,9 @@ def _dependents(plan: ImagePlan) -> list[Rejection]:
 
 class WriteParquetShards(beam.PTransform):
     """Takes ``((split, shard_index), plan-or-None)`` from ``AssignShards``, with the
-    ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes each shard under a temporary
-    name. Returns ``ShardResult``s (main) and ``rejected`` images with their dependents."""
+    ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes
+    each shard under a temporary name. Returns ``ShardResult``s (main) and ``rejected``
+    images with their dependents."""
 
     def __init__(self, config: ShardWriterConfig, *, num_shards, categories):
         super().__init__()
@@ -258,7 +299,8 @@ class WriteParquetShards(beam.PTransform):
         return (
             keyed
             | "GroupByShard" >> beam.GroupByKey()
-            | "ReadDecodeWrite" >> beam.ParDo(
+            | "ReadDecodeWrite"
+            >> beam.ParDo(
                 _WriteShardFn(self._config),
                 num_shards=beam.pvalue.AsDict(self._num_shards),
                 categories=beam.pvalue.AsDict(self._categories),

@@ -87,15 +87,21 @@ def library_versions() -> dict:
 
 
 def _write_bytes(path: str, data: bytes, mime_type: str) -> None:
-    with FileSystems.create(path, mime_type=mime_type,
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with FileSystems.create(
+        path, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
         f.write(data)
 
 
 def _categories_table(categories: dict) -> bytes:
     rows = [
-        {"split": split, "id": cat["id"], "name": cat["name"],
-         "supercategory": cat.get("supercategory"), "keypoints": cat.get("keypoints")}
+        {
+            "split": split,
+            "id": cat["id"],
+            "name": cat["name"],
+            "supercategory": cat.get("supercategory"),
+            "keypoints": cat.get("keypoints"),
+        }
         for split in sorted(categories)
         for cat in sorted(categories[split].values(), key=lambda c: c["id"])
     ]
@@ -127,8 +133,11 @@ def conservation(counts: dict, shards: list, rejected: list) -> dict:
         written.update(shard.written)
     rejected_by_kind = collections.Counter(r.kind for r in rejected)
     return {
-        kind: {"read": counts.get(("read", kind), 0), "written": written[kind],
-               "rejected": rejected_by_kind[kind]}
+        kind: {
+            "read": counts.get(("read", kind), 0),
+            "written": written[kind],
+            "rejected": rejected_by_kind[kind],
+        }
         for kind in KINDS
     }
 
@@ -154,25 +163,42 @@ class _PublishFn(beam.DoFn):
         for kind, t in totals.items():
             if t["read"] and t["rejected"] / t["read"] > cfg.max_rejected_fraction:
                 common = ", ".join(
-                    f"{reason} ({n})" for reason, n in
-                    collections.Counter(r.reason for r in rejected if r.kind == kind).most_common(3))
+                    f"{reason} ({n})"
+                    for reason, n in collections.Counter(
+                        r.reason for r in rejected if r.kind == kind
+                    ).most_common(3)
+                )
                 raise RunFailed(
                     f"{t['rejected']} of {t['read']} {kind} records were rejected, more than "
                     f"--max-rejected-fraction={cfg.max_rejected_fraction}; commonest reasons: "
-                    f"{common}. Rejected records: {rejected_path}")
+                    f"{common}. Rejected records: {rejected_path}"
+                )
 
-        finals = [FileSystems.join(run_dir, "data", shard_name(s.split, s.index, s.num_shards,
-                                                              "parquet")) for s in chosen]
+        finals = [
+            FileSystems.join(run_dir, "data", shard_name(s.split, s.index, s.num_shards, "parquet"))
+            for s in chosen
+        ]
         data_dir = FileSystems.join(run_dir, "data")
         if not FileSystems.exists(data_dir):
             FileSystems.mkdirs(data_dir)
         FileSystems.rename([s.temp_path for s in chosen], finals)
-        _write_bytes(FileSystems.join(run_dir, "categories.parquet"),
-                     _categories_table(categories), "application/octet-stream")
+        _write_bytes(
+            FileSystems.join(run_dir, "categories.parquet"),
+            _categories_table(categories),
+            "application/octet-stream",
+        )
         splits = {}
         for s in chosen:
-            entry = splits.setdefault(s.split, {"num_shards": s.num_shards, "images": 0,
-                                                "annotations": 0, "captions": 0, "bytes": 0})
+            entry = splits.setdefault(
+                s.split,
+                {
+                    "num_shards": s.num_shards,
+                    "images": 0,
+                    "annotations": 0,
+                    "captions": 0,
+                    "bytes": 0,
+                },
+            )
             entry["images"] += s.written.get("image", 0)
             entry["annotations"] += s.written.get("annotation", 0)
             entry["captions"] += s.written.get("caption", 0)
@@ -183,26 +209,36 @@ class _PublishFn(beam.DoFn):
             "started": _iso(cfg.started),
             "finished": _iso(time.time()),
             "shards": [
-                {"path": f"data/{shard_name(s.split, s.index, s.num_shards, 'parquet')}",
-                 "format": "parquet", "split": s.split, "index": s.index,
-                 "num_shards": s.num_shards, "rows": s.num_rows, "bytes": s.num_bytes,
-                 "sha256": s.sha256}
+                {
+                    "path": f"data/{shard_name(s.split, s.index, s.num_shards, 'parquet')}",
+                    "format": "parquet",
+                    "split": s.split,
+                    "index": s.index,
+                    "num_shards": s.num_shards,
+                    "rows": s.num_rows,
+                    "bytes": s.num_bytes,
+                    "sha256": s.sha256,
+                }
                 for s in chosen
             ],
             "splits": splits,
             "counts": totals,
             "rejected_reasons": dict(sorted(reasons.items())),
-            "unlisted_files": {split: n for (key, split), n in sorted(counts.items())
-                               if key == "unlisted_files"},
+            "unlisted_files": {
+                split: n for (key, split), n in sorted(counts.items()) if key == "unlisted_files"
+            },
             "sources": cfg.sources,
             "settings": cfg.settings,
             "versions": library_versions(),
         }
-        _write_bytes(FileSystems.join(run_dir, "manifest.json"),
-                     (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-                     "application/json")
-        _write_bytes(FileSystems.join(cfg.output, "LATEST"), (cfg.run_id + "\n").encode(),
-                     "text/plain")
+        _write_bytes(
+            FileSystems.join(run_dir, "manifest.json"),
+            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+            "application/json",
+        )
+        _write_bytes(
+            FileSystems.join(cfg.output, "LATEST"), (cfg.run_id + "\n").encode(), "text/plain"
+        )
         stale = [s.temp_path for s in extra]
         if FileSystems.exists(cfg.temp_dir):
             stale.append(cfg.temp_dir)
@@ -223,8 +259,7 @@ class PublishRun(beam.PTransform):
     ``categories`` and ``num_shards`` PCollections come as side inputs. Returns the manifest.
     """
 
-    def __init__(self, config: PublishConfig, *, shards, rejected, counts, categories,
-                 num_shards):
+    def __init__(self, config: PublishConfig, *, shards, rejected, counts, categories, num_shards):
         super().__init__()
         self._config = config
         self._inputs = (shards, rejected, counts, categories, num_shards)
@@ -234,7 +269,8 @@ class PublishRun(beam.PTransform):
         return (
             pbegin
             | "Once" >> beam.Create([None])
-            | "CheckAndPublish" >> beam.ParDo(
+            | "CheckAndPublish"
+            >> beam.ParDo(
                 _PublishFn(self._config),
                 shards=beam.pvalue.AsList(shards),
                 rejected=beam.pvalue.AsList(rejected),

@@ -31,8 +31,11 @@ def _bbox_flags(bbox: list[float], width: int, height: int) -> list[str]:
     flags = []
     if w == 0 or h == 0:
         flags.append(FLAG_BBOX_ZERO)
-    if x < -_EDGE_SLACK or y < -_EDGE_SLACK or x + w > width + _EDGE_SLACK or (
-        y + h > height + _EDGE_SLACK
+    if (
+        x < -_EDGE_SLACK
+        or y < -_EDGE_SLACK
+        or x + w > width + _EDGE_SLACK
+        or (y + h > height + _EDGE_SLACK)
     ):
         flags.append(FLAG_BBOX_OUTSIDE)
     return flags
@@ -47,13 +50,23 @@ def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
             rle, flags = to_rle(seg, plan.height, plan.width)
         except RecordError as exc:
             digest = hashlib.sha256(json.dumps(seg, default=str).encode()).hexdigest()
-            rejections.append(Rejection(
-                "annotation", str(ann["id"]), exc.reason, type(exc).__name__, str(exc)[:200],
-                plan.source, plan.split, digest))
+            rejections.append(
+                Rejection(
+                    "annotation",
+                    str(ann["id"]),
+                    exc.reason,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    plan.source,
+                    plan.split,
+                    digest,
+                )
+            )
             continue
         ann["rle"] = rle
-        ann["flags"] = ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width,
-                                                                   plan.height)
+        ann["flags"] = (
+            ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width, plan.height)
+        )
         kept.append(ann)
     plan.annotations = kept
     return plan, rejections
@@ -82,4 +95,5 @@ class RasterizeMasks(beam.PTransform):
 
     def expand(self, plans):
         return plans | "PolygonsToRle" >> beam.ParDo(_RasterizeFn()).with_outputs(
-            REJECTED, main="plans")
+            REJECTED, main="plans"
+        )

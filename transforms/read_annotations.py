@@ -71,7 +71,9 @@ class _ReadSectionFn(beam.DoFn):
                     record = next(records)
                 except StopIteration:
                     break
-                except Exception as exc:  # the parser, not a downstream step: nothing is yielded here
+                except (
+                    Exception
+                ) as exc:  # the parser, not a downstream step: nothing is yielded here
                     raise CocoFileError(
                         f"{source.path}: not a readable COCO JSON document in section "
                         f"'{section}': {type(exc).__name__}: {exc}"
@@ -79,9 +81,19 @@ class _ReadSectionFn(beam.DoFn):
                 try:
                     checked = _check(kind, record, source.family)
                 except RecordError as exc:
-                    yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-                        kind, _record_key(record), exc.reason, type(exc).__name__,
-                        str(exc)[:200], source.path, source.split, _sha256_of(record)))
+                    yield beam.pvalue.TaggedOutput(
+                        REJECTED,
+                        Rejection(
+                            kind,
+                            _record_key(record),
+                            exc.reason,
+                            type(exc).__name__,
+                            str(exc)[:200],
+                            source.path,
+                            source.split,
+                            _sha256_of(record),
+                        ),
+                    )
                     if kind in (TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION):
                         yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), 1))
                     continue
@@ -131,8 +143,10 @@ class ReadCocoAnnotations(beam.PTransform):
             pbegin
             | "ListSections" >> beam.Create(tasks)
             | "SpreadSections" >> beam.Reshuffle()
-            | "StreamSection" >> beam.ParDo(_ReadSectionFn()).with_outputs(
-                REJECTED, CATEGORIES, COUNTS, main="records")
+            | "StreamSection"
+            >> beam.ParDo(_ReadSectionFn()).with_outputs(
+                REJECTED, CATEGORIES, COUNTS, main="records"
+            )
         )
         categories = (
             outputs[CATEGORIES]

@@ -17,8 +17,12 @@ __all__ = ["DEFAULT_SHARD_BYTES", "num_shards_for", "shard_index", "shard_name"]
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 
 
-def num_shards_for(total_bytes: int, num_images: int, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                   fixed: int | None = None) -> int:
+def num_shards_for(
+    total_bytes: int,
+    num_images: int,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    fixed: int | None = None,
+) -> int:
     """The number of shards for a split: ``fixed`` if given, else ceil(bytes / shard_bytes)."""
     if fixed is not None:
         if fixed < 1:

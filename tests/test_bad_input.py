@@ -1,0 +1,142 @@
+"""Bad records end in the rejected output with a reason, counted; good ones are unaffected."""
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.build import run
+from tests.conftest import IN_MEMORY, run_build
+
+
+def _jpeg(w, h):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(w * h).integers(0, 255, (h, w, 3), np.uint8)).save(
+        buf, format="JPEG"
+    )
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def messy(tmp_path):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").mkdir()
+    images, anns = [], []
+    for i in range(1, 41):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 32, "height": 24})
+        (root / "val" / f"{i}.jpg").write_bytes(_jpeg(32, 24))
+        anns.append(
+            {
+                "id": 100 + i,
+                "image_id": i,
+                "category_id": 1,
+                "bbox": [1, 1, 8, 8],
+                "area": 40.0,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 9, 1, 9, 9, 1, 9]],
+            }
+        )
+    (root / "val" / "2.jpg").write_bytes(_jpeg(32, 24)[:300])  # truncated
+    (root / "val" / "3.jpg").unlink()  # missing
+    (root / "val" / "4.jpg").write_bytes(_jpeg(40, 24))  # JSON says 32x24
+    images.append({"id": 99, "file_name": "../../etc/passwd", "width": 32, "height": 24})
+    anns.append(
+        {
+            "id": 500,
+            "image_id": 12345,
+            "category_id": 1,
+            "bbox": [1, 1, 2, 2],
+            "area": 4.0,
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 2, 1, 2, 2]],
+        }
+    )
+    anns.append(
+        {
+            "id": 501,
+            "image_id": 5,
+            "category_id": 77,
+            "bbox": [1, 1, 2, 2],
+            "area": 4.0,
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 2, 1, 2, 2]],
+        }
+    )
+    anns.append(
+        {
+            "id": 502,
+            "image_id": 6,
+            "category_id": 1,
+            "bbox": [1, 1, 2, 2],
+            "area": 4.0,
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 2, 1, 2]],
+        }
+    )
+    anns.append({"id": "503", "image_id": 6, "category_id": 1})
+    doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_each_bad_record_is_rejected_with_its_reason(messy, tmp_path):
+    run_dir, manifest = run_build(
+        f"--coco-root={messy}", f"--output={tmp_path / 'out'}", "--max-rejected-fraction=0.5"
+    )
+    with open(os.path.join(run_dir, "rejected", "rejected.jsonl")) as f:
+        rejected = [json.loads(line) for line in f]
+    got = sorted((r["kind"], r["key"], r["reason"]) for r in rejected)
+    assert got == sorted(
+        [
+            ("image", "2", "image_truncated"),
+            ("image", "3", "image_missing"),
+            ("image", "4", "dims_mismatch"),
+            ("image", "99", "unsafe_path"),
+            ("annotation", "102", "image_rejected"),
+            ("annotation", "103", "image_rejected"),
+            ("annotation", "104", "image_rejected"),
+            ("annotation", "500", "orphan_annotation"),
+            ("annotation", "501", "unknown_category"),
+            ("annotation", "502", "odd_polygon_length"),
+            ("annotation", "503", "schema_violation"),
+        ]
+    )
+    assert all(
+        set(r) >= {"kind", "key", "reason", "error_type", "message", "source"} for r in rejected
+    )
+    assert all(r["source"].endswith("instances_val.json") for r in rejected)
+    counts = manifest["counts"]
+    assert counts["image"] == {"read": 41, "written": 37, "rejected": 4}
+    assert counts["annotation"] == {"read": 44, "written": 37, "rejected": 7}
+
+
+def test_too_many_rejections_fail_the_run_and_publish_nothing(messy, tmp_path):
+    for i in range(5, 20):
+        os.unlink(messy / "val" / f"{i}.jpg")
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="max-rejected-fraction.*image_missing"):
+        run([f"--coco-root={messy}", f"--output={out}", *IN_MEMORY])
+    assert not (out / "LATEST").exists()
+
+
+def test_malformed_json_fails_with_the_file_name(messy, tmp_path):
+    path = messy / "annotations" / "instances_val.json"
+    path.write_text(path.read_text()[:-40])
+    with pytest.raises(Exception, match="instances_val.json: not a readable COCO JSON"):
+        run([f"--coco-root={messy}", f"--output={tmp_path / 'out'}", *IN_MEMORY])
+
+
+def test_missing_inputs_are_clear_errors(tmp_path):
+    from pipelines.layout import LayoutError
+
+    with pytest.raises(LayoutError, match="no COCO annotation files"):
+        run([f"--coco-root={tmp_path}", f"--output={tmp_path / 'out'}"])
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(__file__, tmp_path / "annotations" / "instances_x.json")
+    with pytest.raises(LayoutError, match="no image files under"):
+        run([f"--coco-root={tmp_path}", f"--output={tmp_path / 'out'}"])

@@ -1,0 +1,124 @@
+"""Unit tests of the mask core against pycocotools."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+
+from schemas.records import Reason
+from transforms.coco_json import RecordError
+from transforms.masks import FLAG_RING_DROPPED, decode_rle_counts, to_rle
+
+
+def _decode(rle):
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+
+
+def _reference(segmentation, h, w):
+    """What ``COCO.annToMask`` does."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, h, w)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
+@pytest.mark.parametrize(
+    "name, segmentation",
+    [
+        ("triangle", [[1, 1, 30, 2, 15, 25]]),
+        ("two_rings", [[1, 1, 30, 2, 15, 25], [35, 35, 45, 35, 40, 39.5]]),
+        ("float_coords", [[0.5, 0.5, 20.25, 0.75, 10.1, 18.9, 3.3, 12.0]]),
+        ("touching_edge", [[0, 0, 49.99, 0, 49.99, 39.99, 0, 39.99]]),
+    ],
+)
+def test_polygons_equal_pycocotools(name, segmentation):
+    rle, flags = to_rle(segmentation, 40, 50)
+    assert rle["size"] == [40, 50]
+    assert isinstance(rle["counts"], str)
+    np.testing.assert_array_equal(_decode(rle), _reference(segmentation, 40, 50))
+    assert flags == []
+
+
+def test_uncompressed_rle_is_compressed_equal():
+    mask = np.zeros((20, 30), np.uint8, order="F")
+    mask[3:9, 4:20] = 1
+    flat = mask.flatten(order="F")
+    counts, value, run = [], 0, 0
+    for v in flat:
+        if v != value:
+            counts.append(run)
+            value, run = v, 0
+        run += 1
+    counts.append(run)
+    seg = {"size": [20, 30], "counts": counts}
+    rle, _ = to_rle(seg, 20, 30)
+    np.testing.assert_array_equal(_decode(rle), mask)
+    np.testing.assert_array_equal(_decode(rle), _reference(seg, 20, 30))
+
+
+def test_compressed_rle_is_kept():
+    mask = np.asfortranarray((np.arange(600).reshape(20, 30) % 7 == 0).astype(np.uint8))
+    encoded = mask_utils.encode(mask)
+    seg = {"size": [20, 30], "counts": encoded["counts"].decode()}
+    rle, _ = to_rle(seg, 20, 30)
+    assert rle["counts"] == seg["counts"]
+    assert decode_rle_counts(seg["counts"])[0] >= 0
+
+
+def test_short_ring_is_dropped_and_flagged():
+    rle, flags = to_rle([[1, 1, 30, 2, 15, 25], [1, 2, 3, 4]], 40, 50)
+    np.testing.assert_array_equal(_decode(rle), _reference([[1, 1, 30, 2, 15, 25]], 40, 50))
+    assert flags == [FLAG_RING_DROPPED]
+
+
+@pytest.mark.parametrize(
+    "name, segmentation, reason",
+    [
+        ("only_short_rings", [[1, 2, 3, 4]], Reason.DEGENERATE_POLYGON),
+        ("empty", [], Reason.DEGENERATE_POLYGON),
+        ("odd_length", [[1, 1, 30, 2, 15, 25, 7]], Reason.ODD_POLYGON_LENGTH),
+        ("nan", [[1, 1, 30, float("nan"), 15, 25]], Reason.NON_FINITE_VALUE),
+        ("inf", [[1, 1, 30, float("inf"), 15, 25]], Reason.NON_FINITE_VALUE),
+        ("strings", [["1", 1, 30, 2, 15, 25]], Reason.SCHEMA_VIOLATION),
+        ("rle_sum", {"size": [40, 50], "counts": [10, 20]}, Reason.INVALID_RLE),
+        ("rle_negative", {"size": [40, 50], "counts": [2010, -10]}, Reason.INVALID_RLE),
+        ("rle_size", {"size": [41, 50], "counts": [2050]}, Reason.INVALID_RLE),
+        ("rle_chars", {"size": [40, 50], "counts": "\x01\x02"}, Reason.INVALID_RLE),
+        ("rle_truncated", {"size": [40, 50], "counts": "o"}, Reason.INVALID_RLE),
+        ("not_geometry", 42, Reason.SCHEMA_VIOLATION),
+    ],
+)
+def test_rejections(name, segmentation, reason):
+    with pytest.raises(RecordError) as info:
+        to_rle(segmentation, 40, 50)
+    assert info.value.reason == reason
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(-5, 60, allow_nan=False), min_size=6, max_size=24).filter(
+            lambda r: len(r) % 2 == 0
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_random_polygons_match_pycocotools(rings):
+    rle, _ = to_rle(rings, 40, 50)
+    np.testing.assert_array_equal(_decode(rle), _reference(rings, 40, 50))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=40).map(lambda b: np.frombuffer(b, np.uint8) % 2))
+def test_rle_string_decoder_inverts_pycocotools(bits):
+    h = len(bits)
+    mask = np.asfortranarray(bits.reshape(h, 1).astype(np.uint8))
+    encoded = mask_utils.encode(mask)
+    counts = decode_rle_counts(encoded["counts"].decode())
+    assert sum(counts) == h
+    assert all(c >= 0 for c in counts)

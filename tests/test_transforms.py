@@ -1,0 +1,145 @@
+"""TestPipeline tests of the transforms, with strict assertions."""
+
+import json
+import pickle
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.records import AnnotationSource, ImagePlan, Reason
+from transforms.assign_shards import AssignShards
+from transforms.join import JoinAnnotationsToImages, _JoinFn
+from transforms.parquet_shards import ShardWriterConfig, _WriteShardFn
+from transforms.publish import PublishConfig, _PublishFn
+from transforms.rasterize import RasterizeMasks, _RasterizeFn
+from transforms.read_annotations import ReadCocoAnnotations, _ReadSectionFn
+
+OPTIONS = ["--runtime_type_check"]
+
+
+@pytest.fixture()
+def tiny_coco(tmp_path):
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "1.jpg", "width": 20, "height": 10},
+            {"id": 2, "file_name": "2.jpg", "width": 20, "height": 10},
+            {"id": "x", "file_name": "3.jpg", "width": 20, "height": 10},
+        ],
+        "annotations": [
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [1, 1, 4, 4],
+                "area": 9.0,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]],
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [1, 1, 4, 4],
+                "area": 9.0,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 5, 1, 5]],
+            },
+            {
+                "id": 12,
+                "image_id": 5,
+                "category_id": 1,
+                "bbox": [1, 1, 4, 4],
+                "area": 9.0,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 5, 1, 5, 5]],
+            },
+        ],
+        "categories": [{"id": 1, "name": "thing", "supercategory": "stuff"}],
+    }
+    path = tmp_path / "instances_val.json"
+    path.write_text(json.dumps(doc))
+    return AnnotationSource(str(path), "instances", "val", str(tmp_path))
+
+
+def test_read_join_rasterize(tiny_coco):
+    with TestPipeline(argv=OPTIONS) as p:
+        read = p | ReadCocoAnnotations([tiny_coco])
+        joined = {"records": read["records"], "categories": read["categories"]} | (
+            JoinAnnotationsToImages({"val": tiny_coco.images_dir})
+        )
+        raster = joined.plans | RasterizeMasks()
+        assert_that(
+            raster.plans
+            | beam.Map(
+                lambda p: (
+                    p.image_id,
+                    [a["id"] for a in p.annotations],
+                    [a["rle"]["size"] for a in p.annotations],
+                )
+            ),
+            equal_to([(1, [10], [[10, 20]]), (2, [], [])]),
+            label="Plans",
+        )
+        rejected = (read["rejected"], joined.rejected, raster.rejected) | beam.Flatten()
+        assert_that(
+            rejected | beam.Map(lambda r: (r.kind, r.key, r.reason)),
+            equal_to(
+                [
+                    ("image", "x", Reason.SCHEMA_VIOLATION),
+                    ("annotation", "11", Reason.ODD_POLYGON_LENGTH),
+                    ("annotation", "12", Reason.ORPHAN_ANNOTATION),
+                ]
+            ),
+            label="Rejected",
+        )
+        assert_that(
+            (read["counts"], joined.counts) | "C" >> beam.Flatten() | beam.CombinePerKey(sum),
+            equal_to([(("read", "image"), 3), (("read", "annotation"), 3)]),
+            label="Counts",
+        )
+    metrics = p.result.metrics().query(MetricsFilter().with_name("masks_rasterized"))
+    assert sum(c.committed for c in metrics["counters"]) == 1
+
+
+def test_assign_shards_is_deterministic_and_covers_every_shard(tmp_path):
+    for i in range(6):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x" * 100)
+    (tmp_path / "stray.jpg").write_bytes(b"x")
+    plans = [ImagePlan("val", i, f"{i}.jpg", 1, 1, "", "", [], [], []) for i in range(6)]
+    with TestPipeline() as p:
+        out = p | beam.Create(plans) | AssignShards({"val": str(tmp_path)}, shard_bytes=250)
+        assert_that(out["num_shards"], equal_to([("val", 3)]), label="N")
+        assert_that(out["counts"], equal_to([(("unlisted_files", "val"), 1)]), label="Unlisted")
+        from transforms.sharding import shard_index
+
+        expected = [(("val", shard_index("val", i, 3)), i) for i in range(6)] + [
+            (("val", i), None) for i in range(3)
+        ]
+        assert_that(
+            out["keyed"] | beam.MapTuple(lambda k, p: (k, p and p.image_id)),
+            equal_to(expected),
+            label="Keyed",
+        )
+
+
+def test_dofns_pickle(tmp_path):
+    config = ShardWriterConfig(temp_dir=str(tmp_path))
+    publish = PublishConfig(str(tmp_path), "r", str(tmp_path), 0.05, {}, [], 0.0)
+    for fn in (
+        _ReadSectionFn(),
+        _JoinFn({"val": "x"}, None),
+        _RasterizeFn(),
+        _WriteShardFn(config),
+        _PublishFn(publish),
+    ):
+        assert type(pickle.loads(pickle.dumps(fn))) is type(fn)
+
+
+def test_writer_config_validates():
+    with pytest.raises(ValueError):
+        ShardWriterConfig(temp_dir="/tmp", io_threads=0)
+    with pytest.raises(ValueError):
+        ShardWriterConfig(temp_dir="/tmp", row_group_bytes=10)
