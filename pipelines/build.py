@@ -71,7 +71,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
     """Adds the build to ``pipeline``; returns the manifest PCollection."""
     images_dirs = {s.split: s.images_dir for s in plan.sources}
     read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources)
-    joined = {"records": read["records"], "categories": read["categories"]} | (
+    joined = read | (
         "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir)
     )
     rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
@@ -95,7 +95,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         written.rejected,
     ) | "AllRejected" >> beam.Flatten()
     counts = (
-        (read["counts"], joined.counts, assigned["counts"])
+        (read["counts"], joined.counts)
         | "AllCounts" >> beam.Flatten()
         | "SumCounts" >> beam.CombinePerKey(sum)
     )
@@ -125,25 +125,29 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         counts=counts,
         categories=read["categories"],
         num_shards=assigned["num_shards"],
+        listed=assigned["listed"],
     )
 
 
-def default_runner(options: PipelineOptions):
-    """The runner when none is named: Beam's FnApiRunner (what DirectRunner runs batch jobs on),
-    one worker process per core. Chosen explicitly so the DirectRunner never tries to download
-    its Prism runner first."""
+def default_runner(options: PipelineOptions, argv: list[str]):
+    """The runner when none is named: Beam's FnApiRunner (what the DirectRunner runs batch
+    jobs on) with one worker process per core, unless ``--direct_num_workers`` or
+    ``--direct_running_mode`` say otherwise. Chosen explicitly so the DirectRunner never tries
+    to download its Prism runner first."""
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+    given = {arg.split("=", 1)[0] for arg in argv}
     direct = options.view_as(DirectOptions)
-    if not direct.direct_num_workers:
+    if "--direct_num_workers" not in given:
         direct.direct_num_workers = os.cpu_count() or 1
-    if direct.direct_running_mode == "in_memory" and direct.direct_num_workers > 1:
+    if "--direct_running_mode" not in given and direct.direct_num_workers != 1:
         direct.direct_running_mode = "multi_processing"
     return FnApiRunner()
 
 
 def run(argv=None, test_pipeline=None):
     """Builds and runs the pipeline; returns ``(PipelineResult, BuildPlan)``."""
+    argv = list(argv or [])
     options = PipelineOptions(argv)
     build_options = options.view_as(BuildOptions)
     plan = plan_build(build_options)
@@ -152,7 +156,7 @@ def run(argv=None, test_pipeline=None):
     else:
         runner = None
         if options.view_as(StandardOptions).runner is None:
-            runner = default_runner(options)
+            runner = default_runner(options, argv)
         pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, build_options, plan)
     _LOGGER.info("run %s: %d annotation files -> %s", plan.run_id, len(plan.sources), plan.run_dir)

@@ -195,9 +195,9 @@ def _render(task) -> None:
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, (4, 5, 3)).astype(np.uint8)
     base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.int16)
-    mid = rng.normal(0, 28, (height // 8 + 1, width // 8 + 1, 3))
+    mid = rng.standard_normal((height // 8 + 1, width // 8 + 1, 3), np.float32) * 28
     mid = np.repeat(np.repeat(mid, 8, axis=0), 8, axis=1)[:height, :width]
-    grain = rng.normal(0, 16, (height, width, 3))
+    grain = rng.standard_normal((height, width, 3), np.float32) * 16
     pixels = np.clip(base + mid + grain, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)

@@ -141,3 +141,4 @@ class ShardResult:
     num_bytes: int
     sha256: str
     written: dict  # kind -> records written
+    files_found: int  # images whose file exists (written, or rejected for their content)

@@ -16,6 +16,7 @@ from transforms.parquet_shards import ShardWriterConfig, _WriteShardFn
 from transforms.publish import PublishConfig, _PublishFn
 from transforms.rasterize import RasterizeMasks, _RasterizeFn
 from transforms.read_annotations import ReadCocoAnnotations, _ReadSectionFn
+from transforms.sharding import shard_index
 
 OPTIONS = ["--runtime_type_check"]
 
@@ -67,9 +68,7 @@ def tiny_coco(tmp_path):
 def test_read_join_rasterize(tiny_coco):
     with TestPipeline(argv=OPTIONS) as p:
         read = p | ReadCocoAnnotations([tiny_coco])
-        joined = {"records": read["records"], "categories": read["categories"]} | (
-            JoinAnnotationsToImages({"val": tiny_coco.images_dir})
-        )
+        joined = read | JoinAnnotationsToImages({"val": tiny_coco.images_dir})
         raster = joined.plans | RasterizeMasks()
         assert_that(
             raster.plans
@@ -112,8 +111,8 @@ def test_assign_shards_is_deterministic_and_covers_every_shard(tmp_path):
     with TestPipeline() as p:
         out = p | beam.Create(plans) | AssignShards({"val": str(tmp_path)}, shard_bytes=250)
         assert_that(out["num_shards"], equal_to([("val", 3)]), label="N")
-        assert_that(out["counts"], equal_to([(("unlisted_files", "val"), 1)]), label="Unlisted")
-        from transforms.sharding import shard_index
+        # 6 images x (601 bytes / 7 files) = 515 bytes: 3 shards of 250.
+        assert_that(out["listed"], equal_to([("val", (7, 601))]), label="Listed")
 
         expected = [(("val", shard_index("val", i, 3)), i) for i in range(6)] + [
             (("val", i), None) for i in range(3)

@@ -1,8 +1,10 @@
-"""``AssignShards``: size each split from a listing of its images folder, then key every plan by
-its deterministic shard.
+"""``AssignShards``: size each split's shards from a listing of its images folder, then key every
+plan by its deterministic shard.
 
-Listing a folder (one paginated call on an object store) gives every file's size without a
-request per image. Only ids, names and sizes are joined here; plans are keyed, not moved.
+Listing a folder (one paginated call per thousand objects on an object store) gives the count
+and total size of its files without a request per image. A split's bytes are estimated as its
+number of images times the folder's mean file size, which is exact when the folder holds just
+that split and still sensible when one folder holds several splits. Plans are keyed, not moved.
 """
 
 from __future__ import annotations
@@ -12,43 +14,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.sharding import num_shards_for, shard_index
 
-__all__ = ["AssignShards", "list_images"]
-
-COUNTS = "counts"
+__all__ = ["AssignShards", "list_folder"]
 
 
-def list_images(split: str, images_dir: str):
-    """Yields ``((split, relative_path), size)`` for every file under ``images_dir``."""
+def list_folder(split: str, images_dir: str):
+    """``(split, (file count, total bytes))`` of every file under ``images_dir``."""
     root = images_dir.rstrip("/") + "/"
-    result = FileSystems.match([root + "**"])[0]
-    for meta in result.metadata_list:
-        path = meta.path
-        if path.startswith(root):
-            yield (split, path[len(root) :]), meta.size_in_bytes
+    metadata = FileSystems.match([root + "**"])[0].metadata_list
+    return split, (len(metadata), sum(m.size_in_bytes for m in metadata))
 
 
-def _sizes_of_listed(kv):
-    """Per file: its plans' ``(split, size)``; a file no annotation file lists is counted."""
-    (split, _), grouped = kv
-    sizes, ids = list(grouped["sizes"]), list(grouped["ids"])
-    if not ids:
-        yield beam.pvalue.TaggedOutput(COUNTS, (("unlisted_files", split), 1))
-        return
-    for _ in ids:
-        yield split, (sizes[0] if sizes else 0, 1)
-
-
-def _sum_pairs(pairs):
-    total_bytes, total_images = 0, 0
-    for size, count in pairs:
-        total_bytes += size
-        total_images += count
-    return total_bytes, total_images
-
-
-def _shard_counts(kv, shard_bytes, fixed):
-    split, (total_bytes, total_images) = kv
-    return split, num_shards_for(total_bytes, total_images, shard_bytes, fixed)
+def _shard_counts(kv, listings, shard_bytes, fixed):
+    split, num_images = kv
+    files, total = listings.get(split, (0, 0))
+    estimate = num_images * total // files if files else 0
+    return split, num_shards_for(estimate, num_images, shard_bytes, fixed)
 
 
 def _key_by_shard(plan, num_shards):
@@ -63,12 +43,13 @@ def _all_shards(split_count):
 
 
 class AssignShards(beam.PTransform):
-    """Takes ``ImagePlan``s; returns ``((split, shard_index), plan)`` plus one
+    """Takes ``ImagePlan``s; returns ``keyed``: ``((split, shard_index), plan)`` plus one
     ``((split, shard_index), None)`` per shard, so an empty shard is still written and the
-    ``-of-NNNNN`` names hold. Also returns ``num_shards`` (``(split, n)``) and ``counts``.
+    ``-of-NNNNN`` names hold; ``num_shards`` (``(split, n)``); ``listed`` (``(split, (files,
+    bytes))`` of each images folder).
 
-    Deterministic: the assignment depends on ``(split, image_id)`` and the split's total image
-    bytes (or ``num_shards``) only.
+    Deterministic: the assignment depends on ``(split, image_id)``, the split's image count and
+    its folder's listing (or ``num_shards``) only.
     """
 
     def __init__(self, images_dirs: dict, shard_bytes: int, num_shards: int | None = None):
@@ -78,25 +59,22 @@ class AssignShards(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, plans):
-        listing = (
+        listed = (
             plans.pipeline
             | "ListFolders" >> beam.Create(sorted(self._images_dirs.items()))
-            | "ListImages" >> beam.FlatMapTuple(list_images)
-        )
-        ids = plans | "FileKeys" >> beam.Map(lambda p: ((p.split, p.file_name), p.image_id))
-        sized = (
-            {"sizes": listing, "ids": ids}
-            | "JoinSizes" >> beam.CoGroupByKey()
-            | "SizeOfEach"
-            >> beam.FlatMap(_sizes_of_listed)
-            .with_output_types(tuple[str, tuple[int, int]])
-            .with_outputs(COUNTS, main="sizes")
+            | "ListImages" >> beam.MapTuple(list_folder)
         )
         num_shards = (
-            sized.sizes
-            | "SumSizes" >> beam.CombinePerKey(_sum_pairs)
+            plans
+            | "SplitOfEach" >> beam.Map(lambda p: (p.split, 1))
+            | "CountPerSplit" >> beam.CombinePerKey(sum)
             | "CountShards"
-            >> beam.Map(_shard_counts, shard_bytes=self._shard_bytes, fixed=self._num_shards)
+            >> beam.Map(
+                _shard_counts,
+                listings=beam.pvalue.AsDict(listed),
+                shard_bytes=self._shard_bytes,
+                fixed=self._num_shards,
+            )
         )
         keyed = plans | "KeyByShard" >> beam.Map(
             _key_by_shard, num_shards=beam.pvalue.AsDict(num_shards)
@@ -105,5 +83,5 @@ class AssignShards(beam.PTransform):
         return {
             "keyed": (keyed, placeholders) | "WithEveryShard" >> beam.Flatten(),
             "num_shards": num_shards,
-            "counts": sized[COUNTS],
+            "listed": listed,
         }

@@ -47,6 +47,22 @@ def iter_section(stream: IO[bytes], section: str) -> Iterator[object]:
     yield from ijson.items(stream, f"{section}.item", use_float=True)
 
 
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def finite_numbers(values: list, what: str) -> bool:
+    """True when every value is a finite int or float; raises ``schema_violation`` when one is
+    not a number (a bool, a string, None). Loops at C speed: polygons hold thousands of values.
+    """
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"{what} must hold numbers only")
+    try:
+        # fsum is exact: a NaN or an infinity anywhere makes the sum non-finite.
+        return math.isfinite(math.fsum(values))
+    except OverflowError:  # finite values whose exact sum overflows: check one by one
+        return all(math.isfinite(v) for v in values)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -127,17 +143,16 @@ def _check_bbox(value) -> list[float]:
 
 def _check_keypoints(record: dict) -> tuple[list[float], int]:
     keypoints = record["keypoints"]
-    if (
-        not isinstance(keypoints, list)
-        or len(keypoints) % 3
-        or not all(_is_number(v) for v in keypoints)
-    ):
+    if not isinstance(keypoints, list) or len(keypoints) % 3:
         raise RecordError(Reason.INVALID_KEYPOINTS, "'keypoints' must be a list of 3k numbers")
-    for v in keypoints:
-        _finite(v, "keypoints")
-    for v in keypoints[2::3]:
-        if v not in (0, 1, 2):
-            raise RecordError(Reason.INVALID_KEYPOINTS, f"keypoint visibility {v!r} not in 0, 1, 2")
+    try:
+        finite = finite_numbers(keypoints, "'keypoints'")
+    except RecordError as exc:
+        raise RecordError(Reason.INVALID_KEYPOINTS, str(exc)) from None
+    if not finite:
+        raise RecordError(Reason.NON_FINITE_VALUE, "'keypoints' holds a non-finite number")
+    if not set(keypoints[2::3]) <= {0, 1, 2}:
+        raise RecordError(Reason.INVALID_KEYPOINTS, "a keypoint visibility is not 0, 1 or 2")
     num = record.get("num_keypoints")
     if num is None:
         num = sum(1 for v in keypoints[2::3] if v > 0)

@@ -18,6 +18,7 @@ import collections
 from collections.abc import Iterable
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import ImagePlan, Reason, Rejection
@@ -78,8 +79,9 @@ def join_image(
 ) -> tuple[ImagePlan | None, list[Rejection], collections.Counter]:
     """Joins one image's records. ``values`` are ``(tag, family, source, record)`` tuples.
 
-    Returns ``(plan or None, rejections, read)`` where ``read`` counts the distinct records seen
-    per kind (an image listed by three families is one image read).
+    Images come from one file per split (see ``ReadCocoAnnotations``), so two image records
+    are a duplicate id. Returns ``(plan or None, rejections, read)`` where ``read`` counts the
+    records seen per kind (an instance and its keypoints record are one annotation).
     """
     images, annotations, captions = [], [], []
     for tag, family, source, record in values:
@@ -104,14 +106,13 @@ def join_image(
         return None, rejections, read
     read[TAG_IMAGE] = 1
     source = images[0][1]
-    families = [family for family, _, _ in images]
-    if len(set(families)) != len(families):
+    if len(images) > 1:
         rejections.append(
             _reject(
                 TAG_IMAGE,
                 image_id,
                 Reason.DUPLICATE_IMAGE_ID,
-                "image id listed more than once in one file",
+                "image id listed more than once",
                 source,
                 split,
             )
@@ -119,19 +120,6 @@ def join_image(
         reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
         return None, rejections, read
     first = images[0][2]
-    if any(rec != first for _, _, rec in images[1:]):
-        rejections.append(
-            _reject(
-                TAG_IMAGE,
-                image_id,
-                Reason.SCHEMA_VIOLATION,
-                "annotation files disagree on file_name or size",
-                source,
-                split,
-            )
-        )
-        reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
-        return None, rejections, read
     if not safe_relative_path(first["file_name"]):
         rejections.append(
             _reject(
@@ -234,13 +222,47 @@ class _JoinFn(beam.DoFn):
         self._progress.flush()
 
 
+class _CollectRecords(beam.CombineFn):
+    """Collects one image's records. As a combine, the runner merges each worker's records per
+    key before the shuffle, so one element per image and bundle crosses it, not one per record.
+    Order is not kept; ``join_image`` sorts what it needs sorted."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, record):
+        accumulator.append(record)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for other in accumulators:
+            merged.extend(other)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _duplicate_ids(kv):
+    """``(split, ids listed more than once in one family)``."""
+    (split, _), arrays = kv
+    ids, counts = np.unique(np.concatenate(list(arrays)), return_counts=True)
+    return split, frozenset(int(i) for i in ids[counts > 1])
+
+
+def _union(kv):
+    split, sets = kv
+    return split, frozenset().union(*sets)
+
+
 class JoinAnnotationsToImages(beam.PTransform):
     """Joins image, annotation and caption records into one ``ImagePlan`` per image.
 
-    Takes the keyed records of ``ReadCocoAnnotations`` and the categories per split (side
-    input). Returns a ``DoOutputsTuple`` with the plans (main output), ``rejected``
-    (``Rejection``) and ``counts`` (``(("read", kind), n)``). Shuffles no image bytes: none exist
-    yet.
+    Takes the ``records``, ``categories`` and ``annotation_ids`` of ``ReadCocoAnnotations``.
+    Returns a ``DoOutputsTuple`` with the plans (main output), ``rejected`` (``Rejection``) and
+    ``counts`` (``(("read", kind), n)``). Shuffles no image bytes: none exist yet.
     """
 
     def __init__(self, images_dirs: dict, progress_dir: str | None = None):
@@ -248,31 +270,21 @@ class JoinAnnotationsToImages(beam.PTransform):
         self._images_dirs = dict(images_dirs)
         self._progress_dir = progress_dir
 
-    def expand(self, records):
-        keyed, categories = records["records"], records["categories"]
+    def expand(self, inputs):
         duplicates = (
-            keyed
-            | "AnnotationIds" >> beam.FlatMap(_annotation_ids)
-            | "CountIds" >> beam.combiners.Count.PerKey()
-            | "KeepDuplicates" >> beam.Filter(lambda kv: kv[1] > 1)
-            | "BySplit" >> beam.Map(lambda kv: (kv[0][0], kv[0][2]))
-            | "GroupDuplicates" >> beam.GroupByKey()
-            | "ToSet" >> beam.MapTuple(lambda split, ids: (split, frozenset(ids)))
+            inputs["annotation_ids"]
+            | "GroupIds" >> beam.GroupByKey()
+            | "FindDuplicateIds" >> beam.Map(_duplicate_ids)
+            | "GroupSplits" >> beam.GroupByKey()
+            | "UnionPerSplit" >> beam.Map(_union)
         )
         return (
-            keyed
-            | "GroupByImage" >> beam.GroupByKey()
+            inputs["records"]
+            | "CollectPerImage" >> beam.CombinePerKey(_CollectRecords())
             | "Join"
             >> beam.ParDo(
                 _JoinFn(self._images_dirs, self._progress_dir),
-                categories=beam.pvalue.AsDict(categories),
+                categories=beam.pvalue.AsDict(inputs["categories"]),
                 duplicate_ids=beam.pvalue.AsDict(duplicates),
             ).with_outputs(REJECTED, COUNTS, main="plans")
         )
-
-
-def _annotation_ids(kv):
-    """``((split, family, ann_id), 1)`` per annotation record, to find ids used twice."""
-    (split, _), (tag, family, _, record) = kv
-    if tag == TAG_ANNOTATION:
-        yield (split, family, record["id"]), 1

@@ -9,28 +9,22 @@ zero on hostile input.
 
 from __future__ import annotations
 
-import math
-
 from pycocotools import mask as mask_utils
 
 from schemas.records import Reason
-from transforms.coco_json import RecordError
+from transforms.coco_json import RecordError, finite_numbers
 
 __all__ = ["FLAG_RING_DROPPED", "decode_rle_counts", "to_rle"]
 
 FLAG_RING_DROPPED = "degenerate_ring_dropped"
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_polygons(rings: list) -> tuple[list[list[float]], list[str]]:
     kept, flags = [], []
     for ring in rings:
-        if not isinstance(ring, list) or not all(_is_number(v) for v in ring):
+        if not isinstance(ring, list):
             raise RecordError(Reason.SCHEMA_VIOLATION, "a polygon ring must be a list of numbers")
-        if not all(math.isfinite(v) for v in ring):
+        if not finite_numbers(ring, "a polygon ring"):
             raise RecordError(Reason.NON_FINITE_VALUE, "a polygon holds a non-finite number")
         if len(ring) % 2:
             raise RecordError(Reason.ODD_POLYGON_LENGTH, f"a ring has {len(ring)} numbers")

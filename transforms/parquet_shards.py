@@ -216,20 +216,22 @@ class _WriteShardFn(beam.DoFn):
         writer = pq.ParquetWriter(
             stream,
             schema,
-            compression=self._config.compression,
+            compression=contract.column_codecs(self._config.compression),
             use_dictionary=["split", "format", "mode"],
             write_statistics=_STATISTICS_COLUMNS,
             sorting_columns=[pq.SortingColumn(0)],
         )
-        rows, buffered = [], 0
+        rows, buffered, found = [], 0, 0
         window = 2 * self._config.io_threads + 2
         for plan, loaded in _in_order(self._pool, self._load, plans, window):
             self._progress.add(1)
             if isinstance(loaded, Rejection):
+                found += loaded.reason != Reason.IMAGE_MISSING
                 self._rejected.inc()
                 rejections.append(loaded)
                 rejections.extend(_dependents(plan))
                 continue
+            found += 1
             data, facts = loaded
             self._decoded.inc()
             rows.append(build_row(plan, data, facts))
@@ -257,6 +259,7 @@ class _WriteShardFn(beam.DoFn):
             stream.num_bytes,
             stream.sha256.hexdigest(),
             dict(written),
+            found,
         )
 
 

@@ -146,7 +146,7 @@ class _PublishFn(beam.DoFn):
     def __init__(self, config: PublishConfig):
         self._config = config
 
-    def process(self, _, shards, rejected, counts, categories, num_shards):
+    def process(self, _, shards, rejected, counts, categories, num_shards, listed):
         cfg = self._config
         run_dir = cfg.run_dir
         chosen, extra = _choose_shards(shards, num_shards)
@@ -224,8 +224,10 @@ class _PublishFn(beam.DoFn):
             "splits": splits,
             "counts": totals,
             "rejected_reasons": dict(sorted(reasons.items())),
+            # Files in an images folder that no image record names: ignored, and counted.
             "unlisted_files": {
-                split: n for (key, split), n in sorted(counts.items()) if key == "unlisted_files"
+                split: listed[split][0] - sum(s.files_found for s in chosen if s.split == split)
+                for split in sorted(listed)
             },
             "sources": cfg.sources,
             "settings": cfg.settings,
@@ -256,16 +258,19 @@ class PublishRun(beam.PTransform):
     """Publishes a run once every shard is written; see the module docstring.
 
     Takes a pipeline root; ``shards``, ``rejected``, ``counts`` (summed per key),
-    ``categories`` and ``num_shards`` PCollections come as side inputs. Returns the manifest.
+    ``categories``, ``num_shards`` and ``listed`` (files and bytes per images folder)
+    PCollections come as side inputs. Returns the manifest.
     """
 
-    def __init__(self, config: PublishConfig, *, shards, rejected, counts, categories, num_shards):
+    def __init__(
+        self, config: PublishConfig, *, shards, rejected, counts, categories, num_shards, listed
+    ):
         super().__init__()
         self._config = config
-        self._inputs = (shards, rejected, counts, categories, num_shards)
+        self._inputs = (shards, rejected, counts, categories, num_shards, listed)
 
     def expand(self, pbegin):
-        shards, rejected, counts, categories, num_shards = self._inputs
+        shards, rejected, counts, categories, num_shards, listed = self._inputs
         return (
             pbegin
             | "Once" >> beam.Create([None])
@@ -277,5 +282,6 @@ class PublishRun(beam.PTransform):
                 counts=beam.pvalue.AsDict(counts),
                 categories=beam.pvalue.AsDict(categories),
                 num_shards=beam.pvalue.AsDict(num_shards),
+                listed=beam.pvalue.AsDict(listed),
             )
         )

@@ -12,6 +12,7 @@ import hashlib
 import json
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -25,6 +26,11 @@ __all__ = ["ReadCocoAnnotations", "sections_of"]
 REJECTED = "rejected"
 CATEGORIES = "categories"
 COUNTS = "counts"
+ANNOTATION_IDS = "annotation_ids"
+
+# The families list the same images; each split's image list is read from one of them, in
+# this order of preference.
+_IMAGES_FROM = ("instances", "person_keypoints", "captions", "image_info")
 
 _SECTIONS = {
     "instances": ("images", "annotations", "categories"),
@@ -36,6 +42,20 @@ _SECTIONS = {
 
 def sections_of(source: AnnotationSource) -> tuple[str, ...]:
     return _SECTIONS[source.family]
+
+
+def plan_tasks(sources: list[AnnotationSource]) -> list[tuple[AnnotationSource, str]]:
+    """``(source, section)`` pairs to stream: every section of every file, except that each
+    split's ``images`` list is read from one file only."""
+    images_from = {}
+    for source in sorted(sources, key=lambda s: (_IMAGES_FROM.index(s.family), s.path)):
+        images_from.setdefault(source.split, source)
+    return [
+        (source, section)
+        for source in sources
+        for section in sections_of(source)
+        if section != "images" or images_from[source.split] is source
+    ]
 
 
 class CocoFileError(ValueError):
@@ -64,6 +84,7 @@ class _ReadSectionFn(beam.DoFn):
         kind = {"images": TAG_IMAGE, "categories": "category"}.get(section)
         if kind is None:
             kind = TAG_CAPTION if source.family == "captions" else TAG_ANNOTATION
+        ids = []
         with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             records = coco_json.iter_section(f, section)
             while True:
@@ -100,8 +121,16 @@ class _ReadSectionFn(beam.DoFn):
                 if kind == "category":
                     yield beam.pvalue.TaggedOutput(CATEGORIES, (source.split, checked))
                     continue
-                image_id = checked["id"] if kind == TAG_IMAGE else checked["image_id"]
+                if kind == TAG_IMAGE:
+                    image_id = checked["id"]
+                else:
+                    image_id = checked["image_id"]
+                    ids.append(checked["id"])
                 yield (source.split, image_id), (kind, source.family, source.path, checked)
+        if ids:
+            yield beam.pvalue.TaggedOutput(
+                ANNOTATION_IDS, ((source.split, source.family), np.asarray(ids, np.int64))
+            )
 
 
 def _check(kind: str, record, family: str) -> dict:
@@ -130,7 +159,9 @@ class ReadCocoAnnotations(beam.PTransform):
     Takes a pipeline root and a list of ``AnnotationSource``. Returns a dict of PCollections:
     ``records`` (``((split, image_id), (tag, family, source, record))``), ``categories``
     (``(split, {id: category})``), ``rejected`` (records failing their schema check, with a
-    reason) and ``counts``. A file that is not JSON fails the run with a message naming it.
+    reason), ``counts`` and ``annotation_ids`` (one id array per section read, to find ids
+    used twice without shuffling one element per annotation). A file that is not JSON fails the
+    run with a message naming it.
     """
 
     def __init__(self, sources: list[AnnotationSource]):
@@ -138,14 +169,14 @@ class ReadCocoAnnotations(beam.PTransform):
         self._sources = list(sources)
 
     def expand(self, pbegin):
-        tasks = [(source, section) for source in self._sources for section in sections_of(source)]
+        tasks = plan_tasks(self._sources)
         outputs = (
             pbegin
             | "ListSections" >> beam.Create(tasks)
             | "SpreadSections" >> beam.Reshuffle()
             | "StreamSection"
             >> beam.ParDo(_ReadSectionFn()).with_outputs(
-                REJECTED, CATEGORIES, COUNTS, main="records"
+                REJECTED, CATEGORIES, COUNTS, ANNOTATION_IDS, main="records"
             )
         )
         categories = (
@@ -158,4 +189,5 @@ class ReadCocoAnnotations(beam.PTransform):
             "categories": categories,
             "rejected": outputs[REJECTED],
             "counts": outputs[COUNTS],
+            "annotation_ids": outputs[ANNOTATION_IDS],
         }

@@ -1,0 +1,309 @@
+"""Benchmark: ``coco-beam build`` against a plain single-process loop doing the same work.
+
+The loop reads every annotation file with ``json.load``, then for every image reads its bytes,
+hashes and decodes them, turns every instance into compressed RLE the way ``annToRLE`` does,
+and writes the same Parquet schema with the same compression, one file per split. Both are
+timed as separate processes, with the peak resident memory of the whole process tree sampled
+from /proc (the build's worker processes included).
+
+Usage: python benchmarks/bench_build.py [--sizes 1000 5000 20000] [--tiny-copies 20]
+Data is generated once under bench-data/ and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "bench-data")
+COCO_TINY = os.path.join(os.path.dirname(REPO), "shared", "data", "coco-tiny")
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        ppid = int(fields.get("PPid", "0").strip())
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def measure(cmd: list[str]) -> tuple[float, int]:
+    """Runs ``cmd``; returns (wall seconds, peak tree RSS in bytes)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak, done = 0, threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.wait(0.1):
+            peak = max(peak, _tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    done.set()
+    sampler.join()
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed:\n{err[-3000:]}")
+    return seconds, peak
+
+
+def baseline_loop(root: str, out: str) -> None:
+    """The plain single-process loop (run in its own process by ``measure``)."""
+    sys.path.insert(0, REPO)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from schemas.parquet import arrow_schema, column_codecs
+
+    os.makedirs(out, exist_ok=True)
+    splits: dict[str, dict] = {}
+    for path in sorted(glob.glob(os.path.join(root, "annotations", "*.json"))):
+        family, split = os.path.basename(path)[:-5].split("_", 1)
+        if family in ("person", "image"):
+            family, split = (
+                ("person_keypoints", split.split("_", 1)[1])
+                if family == "person"
+                else ("image_info", split.split("_", 1)[1])
+            )
+        with open(path) as f:
+            doc = json.load(f)
+        entry = splits.setdefault(split, {"images": {}, "anns": {}, "caps": {}, "cats": {}})
+        for image in doc["images"]:
+            entry["images"][image["id"]] = image
+        for cat in doc.get("categories", []):
+            entry["cats"][cat["id"]] = cat
+        for ann in doc.get("annotations", []):
+            if family == "captions":
+                entry["caps"].setdefault(ann["image_id"], []).append(ann)
+            elif family == "person_keypoints":
+                entry["anns"].setdefault(ann["image_id"], {}).setdefault(ann["id"], {}).update(
+                    keypoints=ann["keypoints"], num_keypoints=ann["num_keypoints"]
+                )
+            else:
+                entry["anns"].setdefault(ann["image_id"], {}).setdefault(ann["id"], {}).update(ann)
+    for split, entry in sorted(splits.items()):
+        schema = arrow_schema(sorted(entry["cats"].values(), key=lambda c: c["id"]))
+        writer = pq.ParquetWriter(
+            os.path.join(out, f"{split}.parquet"), schema, compression=column_codecs("zstd")
+        )
+        rows, buffered = [], 0
+        for image_id in sorted(entry["images"]):
+            image = entry["images"][image_id]
+            with open(os.path.join(root, split, image["file_name"]), "rb") as f:
+                data = f.read()
+            digest = hashlib.sha256(data).hexdigest()
+            with Image.open(io.BytesIO(data)) as decoded:
+                decoded.load()
+                assert decoded.size == (image["width"], image["height"])
+                fmt, mode = decoded.format.lower(), decoded.mode
+            h, w = image["height"], image["width"]
+            anns = []
+            for ann_id, ann in sorted(entry["anns"].get(image_id, {}).items()):
+                seg = ann["segmentation"]
+                if isinstance(seg, list):
+                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+                elif isinstance(seg["counts"], list):
+                    rle = mask_utils.frPyObjects(seg, h, w)
+                else:
+                    rle = seg
+                counts = rle["counts"]
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "category_id": ann["category_id"],
+                        "bbox": [float(v) for v in ann["bbox"]],
+                        "area": float(ann["area"]),
+                        "iscrowd": ann["iscrowd"],
+                        "rle": {
+                            "size": [h, w],
+                            "counts": counts.decode() if isinstance(counts, bytes) else counts,
+                        },
+                        "keypoints": ann.get("keypoints"),
+                        "num_keypoints": ann.get("num_keypoints"),
+                        "flags": [],
+                    }
+                )
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "split": split,
+                    "file_name": image["file_name"],
+                    "width": w,
+                    "height": h,
+                    "image": {"bytes": data, "path": image["file_name"]},
+                    "sha256": digest,
+                    "format": fmt,
+                    "mode": mode,
+                    "exif_orientation": None,
+                    "annotations": anns,
+                    "captions": [
+                        {"id": c["id"], "caption": c["caption"]}
+                        for c in sorted(entry["caps"].get(image_id, []), key=lambda c: c["id"])
+                    ],
+                    "num_objects": len(anns),
+                    "category_ids": sorted({a["category_id"] for a in anns}),
+                    "has_crowd": any(a["iscrowd"] for a in anns),
+                    "flags": [],
+                }
+            )
+            buffered += len(data)
+            if buffered >= 64 * 1024 * 1024:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                rows, buffered = [], 0
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        writer.close()
+
+
+def replicate_tiny(dest: str, copies: int) -> int:
+    """coco-tiny with every image and annotation repeated under new ids."""
+    if os.path.isdir(dest):
+        return sum(len(os.listdir(os.path.join(dest, s))) for s in ("train2017", "val2017"))
+    os.makedirs(os.path.join(dest, "annotations"))
+    count = 0
+    for split in ("train2017", "val2017"):
+        os.makedirs(os.path.join(dest, split))
+        with open(os.path.join(COCO_TINY, "annotations", f"instances_{split}.json")) as f:
+            doc = json.load(f)
+        images, anns = [], []
+        for k in range(copies):
+            offset = k * 10_000_000
+            for image in doc["images"]:
+                name = f"{k:03d}_{image['file_name']}"
+                images.append(dict(image, id=image["id"] + offset, file_name=name))
+                shutil.copyfile(
+                    os.path.join(COCO_TINY, split, image["file_name"]),
+                    os.path.join(dest, split, name),
+                )
+            for ann in doc["annotations"]:
+                anns.append(dict(ann, id=ann["id"] + offset, image_id=ann["image_id"] + offset))
+        count += len(images)
+        with open(os.path.join(dest, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump(dict(doc, images=images, annotations=anns), f)
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000, 20000])
+    parser.add_argument("--tiny-copies", type=int, default=20)
+    parser.add_argument(
+        "--build-args",
+        nargs="*",
+        default=[],
+        help="extra arguments for coco-beam build (defaults otherwise)",
+    )
+    parser.add_argument("--json", default=os.path.join(DATA, "results.json"))
+    args = parser.parse_args()
+    os.makedirs(DATA, exist_ok=True)
+    datasets = []
+    for n in args.sizes:
+        root = os.path.join(DATA, f"synth-{n}")
+        if not os.path.isdir(root):
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipelines.cli",
+                    "synth",
+                    "--output",
+                    root,
+                    "--images",
+                    str(n),
+                    "--seed",
+                    "1",
+                ],
+                check=True,
+                cwd=REPO,
+            )
+        datasets.append((f"synthetic {n:,}", root, n))
+    if args.tiny_copies and os.path.isdir(COCO_TINY):
+        root = os.path.join(DATA, f"coco-tiny-x{args.tiny_copies}")
+        datasets.append(
+            (f"coco-tiny x{args.tiny_copies}", root, replicate_tiny(root, args.tiny_copies))
+        )
+    results = []
+    cores = os.cpu_count() or 1
+    for name, root, n in datasets:
+        out = os.path.join(DATA, "out")
+        shutil.rmtree(out, ignore_errors=True)
+        loop_s, loop_mem = measure([sys.executable, __file__, "--loop-run", root, out])
+        shutil.rmtree(out, ignore_errors=True)
+        build_s, build_mem = measure(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "build",
+                "--coco-root",
+                root,
+                "--output",
+                out,
+                *args.build_args,
+            ]
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        row = {
+            "dataset": name,
+            "images": n,
+            "cores": cores,
+            "loop_s": round(loop_s, 1),
+            "loop_img_s": round(n / loop_s, 1),
+            "loop_peak_mb": round(loop_mem / 2**20),
+            "build_s": round(build_s, 1),
+            "build_img_s": round(n / build_s, 1),
+            "build_img_s_per_core": round(n / build_s / cores, 1),
+            "build_peak_mb": round(build_mem / 2**20),
+            "speedup": round(loop_s / build_s, 2),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(
+        "\n| data | images | loop img/s | build img/s | per core | speedup | loop peak MB |"
+        " build peak MB |\n|---|---|---|---|---|---|---|---|"
+    )
+    for r in results:
+        print(
+            f"| {r['dataset']} | {r['images']:,} | {r['loop_img_s']} | {r['build_img_s']} | "
+            f"{r['build_img_s_per_core']} | {r['speedup']}x | {r['loop_peak_mb']} | "
+            f"{r['build_peak_mb']} |"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--loop-run":
+        baseline_loop(sys.argv[2], sys.argv[3])
+    else:
+        main()
