@@ -58,3 +58,45 @@ def test_errors_are_one_clear_line(tmp_path):
     assert "error: no COCO annotation files matched" in result.stderr
     assert "Traceback" not in result.stderr
     assert _coco_beam("frobnicate").returncode == 2
+
+
+def test_progress_bar_on_a_terminal(synth_root, tmp_path):
+    """On a terminal, the bar counts images done out of images known and ends at the total."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "build",
+            "--coco-root",
+            synth_root,
+            "--output",
+            str(tmp_path / "out"),
+            "--direct_num_workers=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data.decode(errors="replace"))
+    proc.wait(timeout=600)
+    os.close(leader)
+    screen = "".join(chunks)
+    assert proc.returncode == 0, screen
+    assert re.search(r"images: 100%\S* 60/60", screen), screen
