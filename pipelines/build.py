@@ -76,7 +76,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
     )
     rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
     assigned = rasterized.plans | "AssignShards" >> AssignShards(
-        images_dirs, options.shard_bytes, options.num_shards
+        images_dirs, options.shard_bytes, options.num_shards, image_counts=read["image_counts"]
     )
     writer_config = ShardWriterConfig(
         temp_dir=plan.temp_dir,

@@ -92,8 +92,8 @@ class BuildOptions(PipelineOptions):
             "--io-threads",
             dest="io_threads",
             type=_positive_int,
-            default=2,
-            help="Threads reading and decoding images ahead of each shard writer (default 2).",
+            default=3,
+            help="Threads reading and decoding images ahead of each shard writer (default 3).",
         )
         group.add_argument(
             "--max-pixels",

@@ -109,7 +109,12 @@ def test_assign_shards_is_deterministic_and_covers_every_shard(tmp_path):
     (tmp_path / "stray.jpg").write_bytes(b"x")
     plans = [ImagePlan("val", i, f"{i}.jpg", 1, 1, "", "", [], [], []) for i in range(6)]
     with TestPipeline() as p:
-        out = p | beam.Create(plans) | AssignShards({"val": str(tmp_path)}, shard_bytes=250)
+        counts = p | "Counts" >> beam.Create([("val", 4), ("val", 2)])
+        out = (
+            p
+            | beam.Create(plans)
+            | AssignShards({"val": str(tmp_path)}, shard_bytes=250, image_counts=counts)
+        )
         assert_that(out["num_shards"], equal_to([("val", 3)]), label="N")
         # 6 images x (601 bytes / 7 files) = 515 bytes: 3 shards of 250.
         assert_that(out["listed"], equal_to([("val", (7, 601))]), label="Listed")

@@ -43,17 +43,21 @@ def _all_shards(split_count):
 
 
 class AssignShards(beam.PTransform):
-    """Takes ``ImagePlan``s; returns ``keyed``: ``((split, shard_index), plan)`` plus one
+    """Takes ``ImagePlan``s, and ``image_counts`` (``(split, n)``: image records read);
+    returns ``keyed``: ``((split, shard_index), plan)`` plus one
     ``((split, shard_index), None)`` per shard, so an empty shard is still written and the
     ``-of-NNNNN`` names hold; ``num_shards`` (``(split, n)``); ``listed`` (``(split, (files,
     bytes))`` of each images folder).
 
-    Deterministic: the assignment depends on ``(split, image_id)``, the split's image count and
-    its folder's listing (or ``num_shards``) only.
+    Deterministic: the assignment depends on ``(split, image_id)``, the split's count of image
+    records and its folder's listing (or ``num_shards``) only.
     """
 
-    def __init__(self, images_dirs: dict, shard_bytes: int, num_shards: int | None = None):
+    def __init__(
+        self, images_dirs: dict, shard_bytes: int, num_shards: int | None = None, *, image_counts
+    ):
         super().__init__()
+        self._image_counts = image_counts
         self._images_dirs = dict(images_dirs)
         self._shard_bytes = shard_bytes
         self._num_shards = num_shards
@@ -64,9 +68,10 @@ class AssignShards(beam.PTransform):
             | "ListFolders" >> beam.Create(sorted(self._images_dirs.items()))
             | "ListImages" >> beam.MapTuple(list_folder)
         )
+        # Sized from the image records read, not from the plans: the keying below then fuses
+        # with the steps that made the plans, and plans cross the runner once.
         num_shards = (
-            plans
-            | "SplitOfEach" >> beam.Map(lambda p: (p.split, 1))
+            self._image_counts
             | "CountPerSplit" >> beam.CombinePerKey(sum)
             | "CountShards"
             >> beam.Map(

@@ -27,6 +27,7 @@ REJECTED = "rejected"
 CATEGORIES = "categories"
 COUNTS = "counts"
 ANNOTATION_IDS = "annotation_ids"
+IMAGE_COUNTS = "image_counts"
 
 # The families list the same images; each split's image list is read from one of them, in
 # this order of preference.
@@ -84,7 +85,7 @@ class _ReadSectionFn(beam.DoFn):
         kind = {"images": TAG_IMAGE, "categories": "category"}.get(section)
         if kind is None:
             kind = TAG_CAPTION if source.family == "captions" else TAG_ANNOTATION
-        ids = []
+        ids, images = [], 0
         with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             records = coco_json.iter_section(f, section)
             while True:
@@ -123,6 +124,7 @@ class _ReadSectionFn(beam.DoFn):
                     continue
                 if kind == TAG_IMAGE:
                     image_id = checked["id"]
+                    images += 1
                 else:
                     image_id = checked["image_id"]
                     ids.append(checked["id"])
@@ -131,6 +133,8 @@ class _ReadSectionFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 ANNOTATION_IDS, ((source.split, source.family), np.asarray(ids, np.int64))
             )
+        if section == "images":
+            yield beam.pvalue.TaggedOutput(IMAGE_COUNTS, (source.split, images))
 
 
 def _check(kind: str, record, family: str) -> dict:
@@ -159,9 +163,10 @@ class ReadCocoAnnotations(beam.PTransform):
     Takes a pipeline root and a list of ``AnnotationSource``. Returns a dict of PCollections:
     ``records`` (``((split, image_id), (tag, family, source, record))``), ``categories``
     (``(split, {id: category})``), ``rejected`` (records failing their schema check, with a
-    reason), ``counts`` and ``annotation_ids`` (one id array per section read, to find ids
-    used twice without shuffling one element per annotation). A file that is not JSON fails the
-    run with a message naming it.
+    reason), ``counts``, ``annotation_ids`` (one id array per section read, to find ids
+    used twice without shuffling one element per annotation) and ``image_counts``
+    (``(split, valid image records)``, known before any join, to size the shards). A file
+    that is not JSON fails the run with a message naming it.
     """
 
     def __init__(self, sources: list[AnnotationSource]):
@@ -176,7 +181,7 @@ class ReadCocoAnnotations(beam.PTransform):
             | "SpreadSections" >> beam.Reshuffle()
             | "StreamSection"
             >> beam.ParDo(_ReadSectionFn()).with_outputs(
-                REJECTED, CATEGORIES, COUNTS, ANNOTATION_IDS, main="records"
+                REJECTED, CATEGORIES, COUNTS, ANNOTATION_IDS, IMAGE_COUNTS, main="records"
             )
         )
         categories = (
@@ -190,4 +195,5 @@ class ReadCocoAnnotations(beam.PTransform):
             "rejected": outputs[REJECTED],
             "counts": outputs[COUNTS],
             "annotation_ids": outputs[ANNOTATION_IDS],
+            "image_counts": outputs[IMAGE_COUNTS],
         }
