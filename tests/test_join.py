@@ -93,6 +93,22 @@ def test_orphans_and_unknown_categories():
     assert plan.annotations == [] and rejected[0].reason == Reason.UNKNOWN_CATEGORY
 
 
+def test_keypoints_without_their_instance_are_rejected():
+    slim = {
+        "id": 1,
+        "image_id": 9,
+        "category_id": 1,
+        "keypoints": [1, 2, 2, 0, 0, 0],
+        "num_keypoints": 1,
+    }
+    plan, rejected, read = _join(
+        _values(("image", "instances", IMG), ("annotation", "person_keypoints", slim))
+    )
+    assert plan.annotations == []
+    assert [(r.key, r.reason) for r in rejected] == [("1", Reason.SCHEMA_VIOLATION)]
+    assert read["annotation"] == 1
+
+
 def test_keypoints_length_follows_category():
     _, rejected, _ = _join(
         _values(

@@ -26,6 +26,8 @@ __all__ = [
     "check_caption",
     "check_category",
     "check_image",
+    "check_keypoints_only",
+    "finite_numbers",
     "iter_section",
 ]
 
@@ -198,6 +200,24 @@ def check_annotation(record, family: str) -> dict:
             raise RecordError(Reason.INVALID_KEYPOINTS, "missing 'keypoints'")
         out["keypoints"], out["num_keypoints"] = _check_keypoints(record)
     return out
+
+
+def check_keypoints_only(record) -> dict:
+    """A ``person_keypoints`` entry whose instance also comes from an instances file: only its
+    ids and keypoints are kept (its geometry repeats the instance's and is not carried twice)."""
+    ann_id = _require_int(record, "id")
+    image_id = _require_int(record, "image_id")
+    category_id = _require_int(record, "category_id")
+    if "keypoints" not in record:
+        raise RecordError(Reason.INVALID_KEYPOINTS, "missing 'keypoints'")
+    keypoints, num = _check_keypoints(record)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "keypoints": keypoints,
+        "num_keypoints": num,
+    }
 
 
 def check_caption(record) -> dict:

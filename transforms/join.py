@@ -61,6 +61,18 @@ def _merge_instances(records: list, split: str, dup_ids: frozenset, rejections: 
             continue
         by_family = {family: (source, ann) for family, source, ann in copies}
         source, ann = by_family.get("instances") or by_family["person_keypoints"]
+        if "segmentation" not in ann:  # keypoints read without geometry, and no instance
+            rejections.append(
+                _reject(
+                    TAG_ANNOTATION,
+                    ann_id,
+                    Reason.SCHEMA_VIOLATION,
+                    "keypoints of an instance the instances file does not have",
+                    source,
+                    split,
+                )
+            )
+            continue
         ann = dict(ann)
         if "person_keypoints" in by_family:
             kp = by_family["person_keypoints"][1]

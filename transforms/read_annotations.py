@@ -78,10 +78,18 @@ def _sha256_of(record) -> str:
 
 
 class _ReadSectionFn(beam.DoFn):
-    """Streams one section of one file; every record is emitted, rejected or counted."""
+    """Streams one section of one file; every record is emitted, rejected or counted.
+
+    ``keypoints_only`` names the splits that also have an instances file: their keypoint
+    records keep only ids and keypoints, since their geometry repeats the instance's.
+    """
+
+    def __init__(self, keypoints_only: frozenset = frozenset()):
+        self._keypoints_only = keypoints_only
 
     def process(self, task):
         source, section = task
+        slim = source.family == "person_keypoints" and source.split in self._keypoints_only
         kind = {"images": TAG_IMAGE, "categories": "category"}.get(section)
         if kind is None:
             kind = TAG_CAPTION if source.family == "captions" else TAG_ANNOTATION
@@ -101,7 +109,7 @@ class _ReadSectionFn(beam.DoFn):
                         f"'{section}': {type(exc).__name__}: {exc}"
                     ) from exc
                 try:
-                    checked = _check(kind, record, source.family)
+                    checked = _check(kind, record, source.family, slim)
                 except RecordError as exc:
                     yield beam.pvalue.TaggedOutput(
                         REJECTED,
@@ -137,12 +145,14 @@ class _ReadSectionFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(IMAGE_COUNTS, (source.split, images))
 
 
-def _check(kind: str, record, family: str) -> dict:
+def _check(kind: str, record, family: str, slim: bool) -> dict:
     if kind == TAG_IMAGE:
         return coco_json.check_image(record)
     if kind == TAG_CAPTION:
         return coco_json.check_caption(record)
     if kind == TAG_ANNOTATION:
+        if slim:
+            return coco_json.check_keypoints_only(record)
         return coco_json.check_annotation(record, family)
     return coco_json.check_category(record)
 
@@ -155,6 +165,10 @@ def _merge_categories(split, records):
         if cat["keypoints"] and not current.get("keypoints"):
             current["keypoints"] = cat["keypoints"]
     return split, merged
+
+
+def _splits_with_instances(sources: list[AnnotationSource]) -> frozenset:
+    return frozenset(s.split for s in sources if s.family == "instances")
 
 
 class ReadCocoAnnotations(beam.PTransform):
@@ -180,7 +194,7 @@ class ReadCocoAnnotations(beam.PTransform):
             | "ListSections" >> beam.Create(tasks)
             | "SpreadSections" >> beam.Reshuffle()
             | "StreamSection"
-            >> beam.ParDo(_ReadSectionFn()).with_outputs(
+            >> beam.ParDo(_ReadSectionFn(_splits_with_instances(self._sources))).with_outputs(
                 REJECTED, CATEGORIES, COUNTS, ANNOTATION_IDS, IMAGE_COUNTS, main="records"
             )
         )
