@@ -149,6 +149,9 @@ def run(argv=None, test_pipeline=None):
     """Builds and runs the pipeline; returns ``(PipelineResult, BuildPlan)``."""
     argv = list(argv or [])
     options = PipelineOptions(argv)
+    # The launcher lists inputs before the pipeline exists; its storage access must honour the
+    # same options (credentials, --no_auth for an emulator) as the workers'.
+    FileSystems.set_options(options)
     build_options = options.view_as(BuildOptions)
     plan = plan_build(build_options)
     if test_pipeline is not None:

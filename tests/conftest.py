@@ -36,9 +36,11 @@ def synth_root(tmp_path_factory) -> str:
 
 def run_build(*args: str) -> tuple[str, dict]:
     """Runs a build in-process; returns the run folder and its manifest."""
+    from apache_beam.io.filesystems import FileSystems
+
     _, plan = build.run([*args, *IN_MEMORY])
-    with open(os.path.join(plan.run_dir, "manifest.json")) as f:
-        return plan.run_dir, json.load(f)
+    with FileSystems.open(FileSystems.join(plan.run_dir, "manifest.json")) as f:
+        return plan.run_dir, json.loads(f.read())
 
 
 def shard_files(run_dir: str) -> list[str]:
