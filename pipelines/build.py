@@ -19,7 +19,12 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 
 from pipelines.layout import find_sources
 from pipelines.options import BuildOptions
@@ -33,6 +38,9 @@ from transforms.read_annotations import ReadCocoAnnotations
 __all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
 
 _LOGGER = logging.getLogger(__name__)
+# Beam's worker runs as ``python -m apache_beam.runners.worker.sdk_worker_main``: its module
+# logger is ``__main__``.
+_WORKER_MAIN_LOGGER = "__main__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +142,9 @@ def default_runner(options: PipelineOptions, argv: list[str]):
     jobs on) with one worker process per core, unless ``--direct_num_workers`` or
     ``--direct_running_mode`` say otherwise. Chosen explicitly so the DirectRunner never tries
     to download its Prism runner first."""
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     given = {arg.split("=", 1)[0] for arg in argv}
     direct = options.view_as(DirectOptions)
@@ -142,7 +152,23 @@ def default_runner(options: PipelineOptions, argv: list[str]):
         direct.direct_num_workers = os.cpu_count() or 1
     if "--direct_running_mode" not in given and direct.direct_num_workers != 1:
         direct.direct_running_mode = "multi_processing"
-    return FnApiRunner()
+    worker = options.view_as(WorkerOptions)
+    if worker.sdk_harness_log_level_overrides is None:
+        # Local worker processes warn at start that no pickled main session was staged (this
+        # project never uses one: workers import the installed package) and that they cannot
+        # parse this project's options (they need none: transforms carry their config).
+        worker.sdk_harness_log_level_overrides = {
+            _WORKER_MAIN_LOGGER: "ERROR",
+            "apache_beam.options.pipeline_options": "ERROR",
+        }
+    # Workers read their pipeline options (filesystem credentials, log levels) from the
+    # provision info, as Beam's DirectRunner hands them over.
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(
+        provision_info=fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+        )
+    )
 
 
 def run(argv=None, test_pipeline=None):
