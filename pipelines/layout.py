@@ -1,6 +1,7 @@
 """Find the annotation files and image folders of a build from its options.
 
-COCO's official layout: ``ROOT/annotations/<family>_<split>.json`` and ``ROOT/<split>/``.
+COCO's official layout: ``ROOT/annotations/<family>_<split>.json`` and ``ROOT/<split>/``
+(test-dev's images are in the test folder).
 Files of families this version does not read (``panoptic_*``) are listed as ignored.
 """
 
@@ -10,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import AnnotationSource, parse_annotation_file_name
 
-__all__ = ["LayoutError", "find_sources"]
+__all__ = ["LayoutError", "find_sources", "images_folder"]
 
 _COCO_PREFIXES = ("instances_", "person_keypoints_", "captions_", "image_info_")
 
@@ -42,7 +43,7 @@ def find_sources(
                 ignored.append(path)
                 continue
             family, split = parse_annotation_file_name(name)
-            sources.append(_source(path, family, split, f"{root}/{split}"))
+            sources.append(_source(path, family, split, f"{root}/{images_folder(split)}"))
         if not sources:
             raise LayoutError(f"no COCO annotation files matched {pattern}")
     else:
@@ -57,6 +58,14 @@ def find_sources(
         if not _has_files(folder):
             raise LayoutError(f"no image files under {folder}")
     return sources, ignored
+
+
+def images_folder(split: str) -> str:
+    """The folder of a split's images in COCO's layout: its own name, except that test-dev
+    (``image_info_test-dev2017.json``) is a subset of the test images (``test2017/``)."""
+    if split.startswith("test-dev"):
+        return "test" + split[len("test-dev") :]
+    return split
 
 
 def _source(path, family, split, images_dir) -> AnnotationSource:

@@ -140,3 +140,23 @@ def test_missing_inputs_are_clear_errors(tmp_path):
     shutil.copy(__file__, tmp_path / "annotations" / "instances_x.json")
     with pytest.raises(LayoutError, match="no image files under"):
         run([f"--coco-root={tmp_path}", f"--output={tmp_path / 'out'}"])
+
+
+def test_test_dev_reads_the_test_images(synth_root, tmp_path):
+    """COCO's image_info_test-dev2017.json lists a subset of test2017/: no folder of its own."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(os.path.join(synth_root, "test2017"), root / "test2017")
+    with open(os.path.join(synth_root, "annotations", "image_info_test2017.json")) as f:
+        doc = json.load(f)
+    doc["images"] = doc["images"][:3]
+    (root / "annotations" / "image_info_test-dev2017.json").write_text(json.dumps(doc))
+    shutil.copy(
+        os.path.join(synth_root, "annotations", "image_info_test2017.json"), root / "annotations"
+    )
+    _, manifest = run_build(f"--coco-root={root}", f"--output={tmp_path / 'out'}")
+    assert manifest["splits"]["test-dev2017"]["images"] == 3
+    assert manifest["splits"]["test2017"]["images"] == len(os.listdir(root / "test2017"))
+    assert (
+        manifest["unlisted_files"]["test-dev2017"] == manifest["splits"]["test2017"]["images"] - 3
+    )
