@@ -11,8 +11,10 @@ import dataclasses
 import re
 
 __all__ = [
+    "COUNTS",
     "FAMILIES",
     "KINDS",
+    "REJECTED",
     "AnnotationSource",
     "ImagePlan",
     "Reason",
@@ -26,6 +28,11 @@ FAMILIES = ("instances", "person_keypoints", "captions", "image_info")
 
 # Record kinds that conservation (read == written + rejected) is counted for.
 KINDS = ("image", "annotation", "caption")
+
+# Tags of the side outputs every transform shares: records not written, with their reason,
+# and ``((counter, key), n)`` counts summed for the manifest.
+REJECTED = "rejected"
+COUNTS = "counts"
 
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE_RE = re.compile(r"^(instances|person_keypoints|captions|image_info)_(.+)\.json$")
@@ -126,7 +133,6 @@ class ImagePlan:
     annotations: list
     captions: list
     flags: list
-    size: int = 0  # file size in bytes, from the listing; 0 where unknown
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,9 @@ Guarantees of ``join_image`` (one image key's records from every family):
     the returned rejections, so counts are conserved;
   * instance and keypoint records with the same annotation id merge into one instance (COCO's
     ``person_keypoints`` files repeat the person instances with keypoints added);
-  * duplicates are rejected, all copies, never last-wins: an image id listed twice in one file,
-    an annotation id listed twice in one family (here or, through ``duplicate_ids``, anywhere);
+  * duplicates are rejected, all copies, never last-wins: an image id listed twice in its split's
+    images list, an annotation id listed twice in one family (here or, through
+    ``duplicate_ids``, on another image);
   * an annotation or caption without an image is ``orphan_annotation``; an unknown category is
     ``unknown_category``; a keypoint array of the wrong length for its category is
     ``invalid_keypoints``; a ``file_name`` that could leave the images root is ``unsafe_path``.
@@ -21,14 +22,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import ImagePlan, Reason, Rejection
+from schemas.records import COUNTS, REJECTED, ImagePlan, Reason, Rejection
 from transforms.images import safe_relative_path
 from transforms.progress import ProgressReporter
 
 __all__ = ["JoinAnnotationsToImages", "join_image"]
 
-REJECTED = "rejected"
-COUNTS = "counts"
 
 TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION = "image", "annotation", "caption"
 

@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import parquet as contract
-from schemas.records import ImagePlan, Reason, Rejection, ShardResult
+from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
 from transforms.progress import ProgressReporter
@@ -38,7 +38,6 @@ from transforms.sharding import shard_name
 
 __all__ = ["ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
 
-REJECTED = "rejected"
 # Statistics only on small scalar columns: min/max of image bytes would put two images in the
 # footer of every row group.
 _STATISTICS_COLUMNS = [

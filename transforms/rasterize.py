@@ -12,13 +12,12 @@ import json
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from schemas.records import ImagePlan, Rejection
+from schemas.records import REJECTED, ImagePlan, Rejection
 from transforms.coco_json import RecordError
 from transforms.masks import to_rle
 
 __all__ = ["FLAG_BBOX_OUTSIDE", "FLAG_BBOX_ZERO", "RasterizeMasks", "rasterize_plan"]
 
-REJECTED = "rejected"
 FLAG_BBOX_ZERO = "bbox_zero_size"
 FLAG_BBOX_OUTSIDE = "bbox_outside_image"
 # Sub-pixel slack: COCO's boxes come from float polygon extents and often end a hair past

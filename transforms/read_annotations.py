@@ -16,16 +16,14 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import AnnotationSource, Rejection
+from schemas.records import COUNTS, REJECTED, AnnotationSource, Rejection
 from transforms import coco_json
 from transforms.coco_json import RecordError
 from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE
 
 __all__ = ["ReadCocoAnnotations", "sections_of"]
 
-REJECTED = "rejected"
 CATEGORIES = "categories"
-COUNTS = "counts"
 ANNOTATION_IDS = "annotation_ids"
 IMAGE_COUNTS = "image_counts"
 
