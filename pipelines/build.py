@@ -156,10 +156,13 @@ def default_runner(options: PipelineOptions, argv: list[str]):
     if worker.sdk_harness_log_level_overrides is None:
         # Local worker processes warn at start that no pickled main session was staged (this
         # project never uses one: workers import the installed package) and that they cannot
-        # parse this project's options (they need none: transforms carry their config).
+        # parse this project's options (they need none: transforms carry their config). They
+        # also log a failing bundle's traceback, which the launcher raises anyway.
         worker.sdk_harness_log_level_overrides = {
             _WORKER_MAIN_LOGGER: "ERROR",
             "apache_beam.options.pipeline_options": "ERROR",
+            "apache_beam.runners.common": "CRITICAL",
+            "apache_beam.runners.worker.sdk_worker": "CRITICAL",
         }
     # Workers read their pipeline options (filesystem credentials, log levels) from the
     # provision info, as Beam's DirectRunner hands them over.
@@ -176,7 +179,7 @@ def run(argv=None, test_pipeline=None):
     argv = list(argv or [])
     options = PipelineOptions(argv)
     # The launcher lists inputs before the pipeline exists; its storage access must honour the
-    # same options (credentials, --no_auth for an emulator) as the workers'.
+    # same options (project, credentials, impersonation) as the workers'.
     FileSystems.set_options(options)
     build_options = options.view_as(BuildOptions)
     plan = plan_build(build_options)

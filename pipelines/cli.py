@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from tqdm import tqdm
 
 from pipelines.layout import LayoutError
+from pipelines.options import BuildOptions
 from transforms.progress import read_progress
 from transforms.publish import RunFailed
 
@@ -89,9 +90,38 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _build_help() -> str:
+    parser = argparse.ArgumentParser(
+        prog="coco-beam build",
+        usage="coco-beam build (--coco-root ROOT | --annotations FILE... --images DIR) "
+        "--output OUT [options] [Beam pipeline options]",
+        description="Shard a COCO-format dataset into Parquet. Every argument not listed here "
+        "is a Beam pipeline option (--runner, --direct_num_workers, --project, ...).",
+    )
+    BuildOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+# Failures raised inside a worker reach the launcher wrapped in the runner's own error; these
+# are the ones that speak to the user, and their message is what to print.
+_USER_ERRORS = ("RunFailed", "CocoFileError")
+
+
+def _user_error(exc: BaseException) -> str | None:
+    text = f"{type(exc).__name__}: {exc}"
+    for name in _USER_ERRORS:
+        marker = f"{name}: "
+        if marker in text:
+            return text[text.rindex(marker) + len(marker) :].split("\n")[0].split(" [while")[0]
+    return None
+
+
 def _build(argv: list[str]) -> int:
     from pipelines import build
 
+    if "-h" in argv or "--help" in argv:
+        print(_build_help())
+        return 0
     options = PipelineOptions(argv)
     runner = options.view_as(StandardOptions).runner
     started = time.monotonic()
@@ -108,6 +138,12 @@ def _build(argv: list[str]) -> int:
     except (LayoutError, RunFailed, ValueError) as exc:
         print(f"coco-beam build: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        print(f"coco-beam build: error: {message}", file=sys.stderr)
+        return 1
     finally:
         if progress is not None:
             progress.cleanup()
@@ -139,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"build": _build, "synth": _synth}
     if not argv or argv[0] not in commands:
-        print(
-            "usage: coco-beam {build,synth} [options]  (coco-beam COMMAND --help for more)",
-            file=sys.stderr,
-        )
+        usage = "usage: coco-beam {build,synth} [options]  (coco-beam COMMAND --help for more)"
+        if argv and argv[0] in ("-h", "--help"):
+            print(usage)
+            return 0
+        print(usage, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return commands[argv[0]](argv[1:])

@@ -100,3 +100,41 @@ def test_progress_bar_on_a_terminal(synth_root, tmp_path):
     screen = "".join(chunks)
     assert proc.returncode == 0, screen
     assert re.search(r"images: 100%\S* 60/60", screen), screen
+
+
+def test_build_help_lists_the_options():
+    result = _coco_beam("build", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--coco-root",
+        "--annotations",
+        "--images",
+        "--output",
+        "--num-shards",
+        "--max-rejected-fraction",
+        "Beam pipeline option",
+    ):
+        assert flag in result.stdout
+
+
+def test_a_failed_run_ends_in_one_clear_line_and_publishes_nothing(synth_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(synth_root, root)
+    for name in sorted(os.listdir(root / "train2017"))[:10]:
+        os.unlink(root / "train2017" / name)
+    out = tmp_path / "out"
+    result = _coco_beam("build", "--coco-root", str(root), "--output", str(out))
+    assert result.returncode == 1, result.stderr
+    # Worker processes may print their own traceback first; the last line is the verdict.
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"coco-beam build: error: 10 of 60 image records were rejected, more than "
+        r"--max-rejected-fraction=0.05; commonest reasons: image_missing \(10\)\. "
+        r"Rejected records: .*/rejected/rejected.jsonl",
+        last,
+    ), result.stderr
+    assert not (out / "LATEST").exists()
+    [run_dir] = os.listdir(out / "runs")
+    assert not os.path.exists(out / "runs" / run_dir / "manifest.json")
