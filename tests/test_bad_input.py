@@ -160,3 +160,28 @@ def test_test_dev_reads_the_test_images(synth_root, tmp_path):
     assert (
         manifest["unlisted_files"]["test-dev2017"] == manifest["splits"]["test2017"]["images"] - 3
     )
+
+
+def test_exports_without_area_or_iscrowd_get_them_from_the_mask(messy, tmp_path):
+    """Other tools' COCO exports often omit area and iscrowd: area becomes the mask's area
+    (as pycocotools' loadRes computes it), flagged; iscrowd defaults to 0."""
+    from pycocotools import mask as mask_utils
+
+    path = messy / "annotations" / "instances_val.json"
+    doc = json.loads(path.read_text())
+    for ann in doc["annotations"]:
+        ann.pop("area", None)
+        ann.pop("iscrowd", None)
+    path.write_text(json.dumps(doc))
+    run_dir, manifest = run_build(
+        f"--coco-root={messy}", f"--output={tmp_path / 'out'}", "--max-rejected-fraction=0.5"
+    )
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(os.path.join(run_dir, "data")).to_pylist()
+    anns = [a for r in rows for a in r["annotations"]]
+    assert len(anns) == manifest["counts"]["annotation"]["written"] == 37
+    for ann in anns:
+        rle = {"size": ann["rle"]["size"], "counts": ann["rle"]["counts"].encode()}
+        assert ann["area"] == float(mask_utils.area(rle)) > 0
+        assert "area_from_mask" in ann["flags"] and ann["iscrowd"] == 0

@@ -167,7 +167,8 @@ def check_annotation(record, family: str) -> dict:
     """An ``annotations`` entry of the instances or person_keypoints family.
 
     Returns the checked fields; ``segmentation`` is passed on unchanged (it is validated where
-    it is rasterized, before any C code sees it).
+    it is rasterized, before any C code sees it). A missing ``area`` is None: ``RasterizeMasks``
+    fills in the mask's area, as pycocotools' ``loadRes`` does.
     """
     ann_id = _require_int(record, "id")
     image_id = _require_int(record, "image_id")
@@ -181,15 +182,16 @@ def check_annotation(record, family: str) -> dict:
         raise RecordError(Reason.SCHEMA_VIOLATION, "missing required key 'bbox'")
     bbox = _check_bbox(record["bbox"])
     area = record.get("area")
-    if not _is_number(area):
-        raise RecordError(Reason.SCHEMA_VIOLATION, "'area' must be a number")
-    _finite(area, "area")
+    if area is not None:  # exports of other tools omit it; it is then the mask's area
+        if not _is_number(area):
+            raise RecordError(Reason.SCHEMA_VIOLATION, "'area' must be a number")
+        area = float(_finite(area, "area"))
     out = {
         "id": ann_id,
         "image_id": image_id,
         "category_id": category_id,
         "bbox": bbox,
-        "area": float(area),
+        "area": area,
         "iscrowd": iscrowd,
         "segmentation": record["segmentation"],
         "keypoints": None,

@@ -11,15 +11,23 @@ import json
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from pycocotools import mask as mask_utils
 
 from schemas.records import REJECTED, ImagePlan, Rejection
 from transforms.coco_json import RecordError
 from transforms.masks import to_rle
 
-__all__ = ["FLAG_BBOX_OUTSIDE", "FLAG_BBOX_ZERO", "RasterizeMasks", "rasterize_plan"]
+__all__ = [
+    "FLAG_AREA_FROM_MASK",
+    "FLAG_BBOX_OUTSIDE",
+    "FLAG_BBOX_ZERO",
+    "RasterizeMasks",
+    "rasterize_plan",
+]
 
 FLAG_BBOX_ZERO = "bbox_zero_size"
 FLAG_BBOX_OUTSIDE = "bbox_outside_image"
+FLAG_AREA_FROM_MASK = "area_from_mask"
 # Sub-pixel slack: COCO's boxes come from float polygon extents and often end a hair past
 # the edge (x + w = 640.01 on a 640-wide image).
 _EDGE_SLACK = 1.0
@@ -63,6 +71,9 @@ def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
             )
             continue
         ann["rle"] = rle
+        if ann["area"] is None:
+            ann["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"]}))
+            flags = [*flags, FLAG_AREA_FROM_MASK]
         ann["flags"] = (
             ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width, plan.height)
         )
