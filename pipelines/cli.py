@@ -23,6 +23,7 @@ from pipelines.layout import LayoutError
 from pipelines.options import BuildOptions
 from transforms.progress import read_progress
 from transforms.publish import RunFailed
+from transforms.runtime import relax_gc
 
 __all__ = ["main"]
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    relax_gc()  # the in-process runner holds every shuffled record in this process
     return commands[argv[0]](argv[1:])
 
 

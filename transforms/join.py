@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.records import COUNTS, REJECTED, ImagePlan, Reason, Rejection
 from transforms.images import safe_relative_path
 from transforms.progress import ProgressReporter
+from transforms.runtime import relax_gc
 
 __all__ = ["JoinAnnotationsToImages", "join_image"]
 
@@ -212,6 +213,7 @@ class _JoinFn(beam.DoFn):
         self._progress_dir = progress_dir
 
     def setup(self):
+        relax_gc()
         self._progress = ProgressReporter(self._progress_dir, "known")
 
     def process(self, element, categories, duplicate_ids):

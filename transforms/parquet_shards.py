@@ -34,6 +34,7 @@ from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
 from transforms.progress import ProgressReporter
+from transforms.runtime import relax_gc
 from transforms.sharding import shard_name
 
 __all__ = ["ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
@@ -189,6 +190,7 @@ class _WriteShardFn(beam.DoFn):
         self._config = config
 
     def setup(self):
+        relax_gc()
         self._pool = ThreadPoolExecutor(self._config.io_threads, thread_name_prefix="decode")
         self._decoded = Metrics.counter("coco_beam", "images_decoded")
         self._rejected = Metrics.counter("coco_beam", "images_rejected")

@@ -20,6 +20,7 @@ from schemas.records import COUNTS, REJECTED, AnnotationSource, Rejection
 from transforms import coco_json
 from transforms.coco_json import RecordError
 from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE
+from transforms.runtime import relax_gc
 
 __all__ = ["ReadCocoAnnotations", "sections_of"]
 
@@ -84,6 +85,9 @@ class _ReadSectionFn(beam.DoFn):
 
     def __init__(self, keypoints_only: frozenset = frozenset()):
         self._keypoints_only = keypoints_only
+
+    def setup(self):
+        relax_gc()
 
     def process(self, task):
         source, section = task
