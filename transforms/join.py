@@ -22,7 +22,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import COUNTS, REJECTED, ImagePlan, Reason, Rejection
+from schemas.records import COUNTS, KINDS, REJECTED, ImagePlan, Reason, Rejection
 from transforms.images import safe_relative_path
 from transforms.progress import ProgressReporter
 from transforms.runtime import relax_gc
@@ -30,7 +30,8 @@ from transforms.runtime import relax_gc
 __all__ = ["JoinAnnotationsToImages", "join_image"]
 
 
-TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION = "image", "annotation", "caption"
+# Records are tagged with their kind, the kinds conservation is counted for.
+TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION = KINDS
 
 
 def _reject(kind, key, reason, message, source, split) -> Rejection:

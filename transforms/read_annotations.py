@@ -103,9 +103,9 @@ class _ReadSectionFn(beam.DoFn):
                     record = next(records)
                 except StopIteration:
                     break
-                except (
-                    Exception
-                ) as exc:  # the parser, not a downstream step: nothing is yielded here
+                except Exception as exc:
+                    # Only the parser runs inside this try: nothing is yielded in it, so an
+                    # exception of a fused downstream step is never caught here.
                     raise CocoFileError(
                         f"{source.path}: not a readable COCO JSON document in section "
                         f"'{section}': {type(exc).__name__}: {exc}"
