@@ -17,6 +17,7 @@ __all__ = [
     "REJECTED",
     "AnnotationSource",
     "ImagePlan",
+    "PlanBatch",
     "Reason",
     "Rejection",
     "ShardResult",
@@ -133,6 +134,17 @@ class ImagePlan:
     annotations: list
     captions: list
     flags: list
+
+
+@dataclasses.dataclass
+class PlanBatch:
+    """The plans of one join bucket, in image id order: plans travel between steps in these
+    batches rather than one element per image. ``bucket`` 0 of every split is always present
+    (possibly empty), so a step can act once per split."""
+
+    split: str
+    bucket: int
+    plans: list
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ import io
 import json
 import math
 
+import ijson
 import pytest
 
 from schemas.records import Reason, parse_annotation_file_name
@@ -26,6 +27,17 @@ def test_iter_section_equals_json_load():
     blob = json.dumps(doc).encode()
     for section in ("images", "annotations", "categories"):
         assert list(iter_section(io.BytesIO(blob), section)) == doc[section]
+
+
+def test_images_are_read_in_any_section_order_and_parsing_stops_at_their_end():
+    images = [{"id": 1, "file_name": "a.jpg", "width": 3, "height": 4}]
+    late = json.dumps({"annotations": [{"id": 5, "segmentation": [[1.5] * 6]}], "images": images})
+    assert list(iter_section(io.BytesIO(late.encode()), "images")) == images
+    # What follows the images list is left to the other sections' readers, which do find it.
+    broken = json.dumps({"images": images}).encode()[:-1] + b', "annotations": [{'
+    assert list(iter_section(io.BytesIO(broken), "images")) == images
+    with pytest.raises(ijson.JSONError):
+        list(iter_section(io.BytesIO(broken), "annotations"))
 
 
 def test_iter_section_missing_section_is_empty():

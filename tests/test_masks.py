@@ -8,7 +8,7 @@ from pycocotools import mask as mask_utils
 
 from schemas.records import Reason
 from transforms.coco_json import RecordError
-from transforms.masks import FLAG_RING_DROPPED, decode_rle_counts, to_rle
+from transforms.masks import FLAG_RING_DROPPED, decode_rle_counts, pack_polygons, to_rle
 
 
 def _decode(rle):
@@ -35,8 +35,9 @@ def _reference(segmentation, h, w):
         ("touching_edge", [[0, 0, 49.99, 0, 49.99, 39.99, 0, 39.99]]),
     ],
 )
-def test_polygons_equal_pycocotools(name, segmentation):
-    rle, flags = to_rle(segmentation, 40, 50)
+@pytest.mark.parametrize("packed", [False, True])
+def test_polygons_equal_pycocotools(name, segmentation, packed):
+    rle, flags = to_rle(pack_polygons(segmentation) if packed else segmentation, 40, 50)
     assert rle["size"] == [40, 50]
     assert isinstance(rle["counts"], str)
     np.testing.assert_array_equal(_decode(rle), _reference(segmentation, 40, 50))
@@ -83,6 +84,7 @@ def test_short_ring_is_dropped_and_flagged():
         ("odd_length", [[1, 1, 30, 2, 15, 25, 7]], Reason.ODD_POLYGON_LENGTH),
         ("nan", [[1, 1, 30, float("nan"), 15, 25]], Reason.NON_FINITE_VALUE),
         ("inf", [[1, 1, 30, float("inf"), 15, 25]], Reason.NON_FINITE_VALUE),
+        ("huge_int", [[1, 1, 30, 10**400, 15, 25]], Reason.NON_FINITE_VALUE),
         ("strings", [["1", 1, 30, 2, 15, 25]], Reason.SCHEMA_VIOLATION),
         ("rle_sum", {"size": [40, 50], "counts": [10, 20]}, Reason.INVALID_RLE),
         ("rle_negative", {"size": [40, 50], "counts": [2010, -10]}, Reason.INVALID_RLE),
@@ -92,10 +94,25 @@ def test_short_ring_is_dropped_and_flagged():
         ("not_geometry", 42, Reason.SCHEMA_VIOLATION),
     ],
 )
-def test_rejections(name, segmentation, reason):
+@pytest.mark.parametrize("packed", [False, True])
+def test_rejections(name, segmentation, reason, packed):
+    """The same reason whether the reader packed the polygons or not."""
     with pytest.raises(RecordError) as info:
-        to_rle(segmentation, 40, 50)
+        to_rle(pack_polygons(segmentation) if packed else segmentation, 40, 50)
     assert info.value.reason == reason
+
+
+def test_pack_polygons_packs_only_finite_numbers():
+    assert [list(r) for r in pack_polygons([[1, 2.5, 3, 4, 5, 6]])] == [[1.0, 2.5, 3, 4, 5, 6]]
+    for unchanged in (
+        [[1, 2, float("nan"), 4, 5, 6]],
+        [[1, 2, True, 4, 5, 6]],
+        [[1, 2, 10**400, 4, 5, 6]],
+        [[1, 2, 3, 4, 5, 6], "x"],
+        {"size": [1, 1], "counts": [1]},
+        [],
+    ):
+        assert pack_polygons(unchanged) is unchanged
 
 
 @settings(max_examples=150, deadline=None)
@@ -111,6 +128,7 @@ def test_rejections(name, segmentation, reason):
 def test_random_polygons_match_pycocotools(rings):
     rle, _ = to_rle(rings, 40, 50)
     np.testing.assert_array_equal(_decode(rle), _reference(rings, 40, 50))
+    assert to_rle(pack_polygons(rings), 40, 50)[0] == rle
 
 
 @settings(max_examples=150, deadline=None)

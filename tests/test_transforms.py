@@ -9,13 +9,14 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.records import AnnotationSource, ImagePlan, Reason
+from schemas.records import AnnotationSource, ImagePlan, PlanBatch, Reason
 from transforms.assign_shards import AssignShards
-from transforms.join import JoinAnnotationsToImages, _JoinFn
+from transforms.join import JoinAnnotationsToImages, _JoinBucketFn
 from transforms.parquet_shards import ShardWriterConfig, _WriteShardFn
 from transforms.publish import PublishConfig, _PublishFn
 from transforms.rasterize import RasterizeMasks, _RasterizeFn
 from transforms.read_annotations import ReadCocoAnnotations, _ReadSectionFn
+from transforms.runtime import unpack
 from transforms.sharding import shard_index
 
 OPTIONS = ["--runtime_type_check"]
@@ -72,6 +73,7 @@ def test_read_join_rasterize(tiny_coco):
         raster = joined.plans | RasterizeMasks()
         assert_that(
             raster.plans
+            | beam.FlatMap(lambda batch: batch.plans)
             | beam.Map(
                 lambda p: (
                     p.image_id,
@@ -108,11 +110,17 @@ def test_assign_shards_is_deterministic_and_covers_every_shard(tmp_path):
         (tmp_path / f"{i}.jpg").write_bytes(b"x" * 100)
     (tmp_path / "stray.jpg").write_bytes(b"x")
     plans = [ImagePlan("val", i, f"{i}.jpg", 1, 1, "", "", [], [], []) for i in range(6)]
+    # Bucket 0 (present for every split) names every shard, even one with no images.
+    batches = [
+        PlanBatch("val", 0, []),
+        PlanBatch("val", 7, plans[:4]),
+        PlanBatch("val", 9, plans[4:]),
+    ]
     with TestPipeline() as p:
         counts = p | "Counts" >> beam.Create([("val", 4), ("val", 2)])
         out = (
             p
-            | beam.Create(plans)
+            | beam.Create(batches)
             | AssignShards({"val": str(tmp_path)}, shard_bytes=250, image_counts=counts)
         )
         assert_that(out["num_shards"], equal_to([("val", 3)]), label="N")
@@ -123,7 +131,10 @@ def test_assign_shards_is_deterministic_and_covers_every_shard(tmp_path):
             (("val", i), None) for i in range(3)
         ]
         assert_that(
-            out["keyed"] | beam.MapTuple(lambda k, p: (k, p and p.image_id)),
+            out["keyed"]
+            | beam.FlatMapTuple(
+                lambda k, packed: [(k, p.image_id) for p in unpack(packed)] or [(k, None)]
+            ),
             equal_to(expected),
             label="Keyed",
         )
@@ -134,7 +145,7 @@ def test_dofns_pickle(tmp_path):
     publish = PublishConfig(str(tmp_path), "r", str(tmp_path), 0.05, {}, [], 0.0)
     for fn in (
         _ReadSectionFn(),
-        _JoinFn({"val": "x"}, None),
+        _JoinBucketFn({"val": "x"}, None),
         _RasterizeFn(),
         _WriteShardFn(config),
         _PublishFn(publish),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.runtime import pack
 from transforms.sharding import num_shards_for, shard_index
 
 __all__ = ["AssignShards", "list_folder"]
@@ -31,23 +32,27 @@ def _shard_counts(kv, listings, shard_bytes, fixed):
     return split, num_shards_for(estimate, num_images, shard_bytes, fixed)
 
 
-def _key_by_shard(plan, num_shards):
-    n = num_shards[plan.split]
-    return (plan.split, shard_index(plan.split, plan.image_id, n)), plan
-
-
-def _all_shards(split_count):
-    split, n = split_count
-    for index in range(n):
-        yield (split, index), None
+def _key_by_shard(batch, num_shards):
+    """``((split, shard), plans)`` for every shard the batch's plans fall in; bucket 0 of a
+    split (always present) also names every other shard of the split, with no plans, so an
+    empty shard is still written and the ``-of-NNNNN`` names hold."""
+    n = num_shards[batch.split]
+    by_shard: dict[int, list] = {}
+    for plan in batch.plans:
+        by_shard.setdefault(shard_index(batch.split, plan.image_id, n), []).append(plan)
+    if batch.bucket == 0:
+        for index in range(n):
+            by_shard.setdefault(index, [])
+    for index in sorted(by_shard):
+        yield (batch.split, index), pack(by_shard[index])
 
 
 class AssignShards(beam.PTransform):
-    """Takes ``ImagePlan``s, and ``image_counts`` (``(split, n)``: image records read);
-    returns ``keyed``: ``((split, shard_index), plan)`` plus one
-    ``((split, shard_index), None)`` per shard, so an empty shard is still written and the
-    ``-of-NNNNN`` names hold; ``num_shards`` (``(split, n)``); ``listed`` (``(split, (files,
-    bytes))`` of each images folder).
+    """Takes ``PlanBatch``es, and ``image_counts`` (``(split, n)``: image records read);
+    returns ``keyed``: ``((split, shard_index), packed [plan, ...])``, at least one for every shard
+    of every split, so an empty shard is still written and the ``-of-NNNNN`` names hold;
+    ``num_shards`` (``(split, n)``); ``listed`` (``(split, (files, bytes))`` of each images
+    folder).
 
     Deterministic: the assignment depends on ``(split, image_id)``, the split's count of image
     records and its folder's listing (or ``num_shards``) only.
@@ -81,12 +86,11 @@ class AssignShards(beam.PTransform):
                 fixed=self._num_shards,
             )
         )
-        keyed = plans | "KeyByShard" >> beam.Map(
+        keyed = plans | "KeyByShard" >> beam.FlatMap(
             _key_by_shard, num_shards=beam.pvalue.AsDict(num_shards)
         )
-        placeholders = num_shards | "EveryShard" >> beam.FlatMap(_all_shards)
         return {
-            "keyed": (keyed, placeholders) | "WithEveryShard" >> beam.Flatten(),
+            "keyed": keyed,
             "num_shards": num_shards,
             "listed": listed,
         }

@@ -20,12 +20,11 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import COUNTS, KINDS, REJECTED, ImagePlan, Reason, Rejection
+from schemas.records import COUNTS, KINDS, REJECTED, ImagePlan, PlanBatch, Reason, Rejection
 from transforms.images import safe_relative_path
 from transforms.progress import ProgressReporter
-from transforms.runtime import relax_gc
+from transforms.runtime import relax_gc, unpack
 
 __all__ = ["JoinAnnotationsToImages", "join_image"]
 
@@ -199,7 +198,8 @@ def join_image(
         file_name=first["file_name"],
         width=first["width"],
         height=first["height"],
-        path=FileSystems.join(images_dir, first["file_name"]),
+        # A checked relative path with "/" separators: the same join on every filesystem.
+        path=images_dir.rstrip("/") + "/" + first["file_name"],
         source=source,
         annotations=kept,
         captions=kept_captions,
@@ -208,7 +208,10 @@ def join_image(
     return plan, rejections, read
 
 
-class _JoinFn(beam.DoFn):
+class _JoinBucketFn(beam.DoFn):
+    """Joins every image of one join bucket; emits one ``PlanBatch`` (plans in id order), the
+    rejections, and the bucket's read counts."""
+
     def __init__(self, images_dirs: dict, progress_dir: str | None):
         self._images_dirs = images_dirs
         self._progress_dir = progress_dir
@@ -218,45 +221,32 @@ class _JoinFn(beam.DoFn):
         self._progress = ProgressReporter(self._progress_dir, "known")
 
     def process(self, element, categories, duplicate_ids):
-        (split, image_id), values = element
+        (split, bucket), batches = element
+        by_image: dict[int, list] = collections.defaultdict(list)
+        for packed in batches:
+            for image_id, value in unpack(packed):
+                by_image[image_id].append(value)
+        cats = categories.get(split, {})
         dups = duplicate_ids.get(split, frozenset())
-        plan, rejections, read = join_image(
-            split, image_id, values, categories.get(split, {}), self._images_dirs[split], dups
-        )
-        for rejection in rejections:
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
-        for kind, n in read.items():
+        images_dir = self._images_dirs[split]
+        plans, read = [], collections.Counter()
+        for image_id in sorted(by_image):
+            plan, rejections, counts = join_image(
+                split, image_id, by_image.pop(image_id), cats, images_dir, dups
+            )
+            read.update(counts)
+            for rejection in rejections:
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+            if plan is not None:
+                plans.append(plan)
+        for kind, n in sorted(read.items()):
             if n:
                 yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), n))
-        if plan is not None:
-            self._progress.add(1)
-            yield plan
+        self._progress.add(len(plans))
+        yield PlanBatch(split, bucket, plans)
 
     def finish_bundle(self):
         self._progress.flush()
-
-
-class _CollectRecords(beam.CombineFn):
-    """Collects one image's records. As a combine, the runner merges each worker's records per
-    key before the shuffle, so one element per image and bundle crosses it, not one per record.
-    Order is not kept; ``join_image`` sorts what it needs sorted."""
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, accumulator, record):
-        accumulator.append(record)
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        merged = next(accumulators)
-        for other in accumulators:
-            merged.extend(other)
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
 
 
 def _duplicate_ids(kv):
@@ -275,8 +265,9 @@ class JoinAnnotationsToImages(beam.PTransform):
     """Joins image, annotation and caption records into one ``ImagePlan`` per image.
 
     Takes the ``records``, ``categories`` and ``annotation_ids`` of ``ReadCocoAnnotations``.
-    Returns a ``DoOutputsTuple`` with the plans (main output), ``rejected`` (``Rejection``) and
-    ``counts`` (``(("read", kind), n)``). Shuffles no image bytes: none exist yet.
+    Returns a ``DoOutputsTuple`` with ``plans`` (one ``PlanBatch`` per join bucket), ``rejected``
+    (``Rejection``) and ``counts`` (``(("read", kind), n)``). One shuffle, of record batches
+    grouped by bucket; no image bytes: none exist yet.
     """
 
     def __init__(self, images_dirs: dict, progress_dir: str | None = None):
@@ -294,10 +285,10 @@ class JoinAnnotationsToImages(beam.PTransform):
         )
         return (
             inputs["records"]
-            | "CollectPerImage" >> beam.CombinePerKey(_CollectRecords())
+            | "GroupByBucket" >> beam.GroupByKey()
             | "Join"
             >> beam.ParDo(
-                _JoinFn(self._images_dirs, self._progress_dir),
+                _JoinBucketFn(self._images_dirs, self._progress_dir),
                 categories=beam.pvalue.AsDict(inputs["categories"]),
                 duplicate_ids=beam.pvalue.AsDict(duplicates),
             ).with_outputs(REJECTED, COUNTS, main="plans")

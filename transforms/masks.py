@@ -9,22 +9,45 @@ zero on hostile input.
 
 from __future__ import annotations
 
+from array import array
+
 from pycocotools import mask as mask_utils
 
 from schemas.records import Reason
 from transforms.coco_json import RecordError, finite_numbers
 
-__all__ = ["FLAG_RING_DROPPED", "decode_rle_counts", "to_rle"]
+__all__ = ["FLAG_RING_DROPPED", "decode_rle_counts", "pack_polygons", "to_rle"]
 
 FLAG_RING_DROPPED = "degenerate_ring_dropped"
 
 
-def _check_polygons(rings: list) -> tuple[list[list[float]], list[str]]:
+def pack_polygons(segmentation):
+    """Polygon rings as ``array('d')`` (compact to carry and to hand to pycocotools, which
+    converts every ring to doubles itself); anything else, or any ring that is not all finite
+    numbers, comes back unchanged for ``to_rle`` to judge."""
+    if not isinstance(segmentation, list) or not segmentation:
+        return segmentation
+    packed = []
+    for ring in segmentation:
+        if not isinstance(ring, list):
+            return segmentation
+        try:
+            if not finite_numbers(ring, "a polygon ring"):
+                return segmentation
+            packed.append(array("d", ring))
+        except (RecordError, OverflowError):
+            return segmentation
+    return packed
+
+
+def _check_polygons(rings: list) -> tuple[list, list[str]]:
     kept, flags = [], []
     for ring in rings:
-        if not isinstance(ring, list):
+        if isinstance(ring, array):  # packed: finite numbers already
+            pass
+        elif not isinstance(ring, list):
             raise RecordError(Reason.SCHEMA_VIOLATION, "a polygon ring must be a list of numbers")
-        if not finite_numbers(ring, "a polygon ring"):
+        elif not finite_numbers(ring, "a polygon ring"):
             raise RecordError(Reason.NON_FINITE_VALUE, "a polygon holds a non-finite number")
         if len(ring) % 2:
             raise RecordError(Reason.ODD_POLYGON_LENGTH, f"a ring has {len(ring)} numbers")

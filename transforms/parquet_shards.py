@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
 from transforms.progress import ProgressReporter
-from transforms.runtime import relax_gc
+from transforms.runtime import relax_gc, unpack
 from transforms.sharding import shard_name
 
 __all__ = ["ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
@@ -78,11 +79,15 @@ class ShardWriterConfig:
             raise ValueError("max_pixels must be positive")
 
 
-def load_image(plan: ImagePlan, max_pixels: int) -> tuple[bytes, ImageFacts] | Rejection:
+def load_image(
+    plan: ImagePlan, max_pixels: int, filesystem=None
+) -> tuple[bytes, ImageFacts] | Rejection:
     """Reads and decodes one image. Permanent faults come back as a ``Rejection``; transient
-    storage errors are raised."""
+    storage errors are raised. ``filesystem``: the Beam filesystem of ``plan.path``, if the
+    caller holds one (finding it costs more than reading a small local file)."""
     try:
-        with FileSystems.open(plan.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        fs = filesystem or FileSystems.get_filesystem(plan.path)
+        with fs.open(plan.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             data = f.read()
     except Exception as exc:
         if not is_not_found(exc):
@@ -196,17 +201,21 @@ class _WriteShardFn(beam.DoFn):
         self._rejected = Metrics.counter("coco_beam", "images_rejected")
         self._shards = Metrics.counter("coco_beam", "shards_written")
         self._progress = ProgressReporter(self._config.progress_dir, "done")
+        self._filesystems = {}
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _load(self, plan):
-        return load_image(plan, self._config.max_pixels)
+    def _filesystem(self, path: str):
+        scheme = FileSystems.get_scheme(path)
+        if scheme not in self._filesystems:
+            self._filesystems[scheme] = FileSystems.get_filesystem(path)
+        return self._filesystems[scheme]
 
     def process(self, element, num_shards, categories):
-        (split, index), plans = element
+        (split, index), batches = element
         n = num_shards[split]
-        plans = sorted((p for p in plans if p is not None), key=lambda p: p.image_id)
+        plans = sorted((p for packed in batches for p in unpack(packed)), key=lambda p: p.image_id)
         cats = sorted(categories.get(split, {}).values(), key=lambda c: c["id"])
         schema = contract.arrow_schema(cats)
         name = shard_name(split, index, n, "parquet")
@@ -226,7 +235,11 @@ class _WriteShardFn(beam.DoFn):
         groups = _RowGroups(writer, schema, self._config.row_group_bytes)
         found = 0
         window = 2 * self._config.io_threads + 2
-        for plan, loaded in _in_order(self._pool, self._load, plans, window):
+        filesystem = self._filesystem(plans[0].path) if plans else None
+        load = functools.partial(
+            load_image, max_pixels=self._config.max_pixels, filesystem=filesystem
+        )
+        for plan, loaded in _in_order(self._pool, load, plans, window):
             self._progress.add(1)
             if isinstance(loaded, Rejection):
                 found += loaded.reason != Reason.IMAGE_MISSING
@@ -319,7 +332,7 @@ def _dependents(plan: ImagePlan) -> list[Rejection]:
 
 
 class WriteParquetShards(beam.PTransform):
-    """Takes ``((split, shard_index), plan-or-None)`` from ``AssignShards``, with the
+    """Takes ``((split, shard_index), packed [plan, ...])`` from ``AssignShards``, with the
     ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes
     each shard under a temporary name. Returns ``ShardResult``s (main) and ``rejected``
     images with their dependents."""

@@ -1,19 +1,20 @@
 """``RasterizeMasks``: every instance's segmentation becomes one compressed RLE.
 
-Runs on ``ImagePlan``s (no image bytes: the mask needs only the JSON's size), so it spreads
-over all workers before the shard shuffle and the shard writers do no mask work.
+Runs on batches of ``ImagePlan``s (no image bytes: the mask needs only the JSON's size), so it
+spreads over all workers before the shard shuffle and the shard writers do no mask work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from pycocotools import mask as mask_utils
 
-from schemas.records import REJECTED, ImagePlan, Rejection
+from schemas.records import REJECTED, ImagePlan, PlanBatch, Rejection
 from transforms.coco_json import RecordError
 from transforms.masks import to_rle
 
@@ -48,6 +49,13 @@ def _bbox_flags(bbox: list[float], width: int, height: int) -> list[str]:
     return flags
 
 
+def _unpacked(segmentation):
+    """The segmentation as the JSON had it (``pack_polygons`` undone), for payload digests."""
+    if isinstance(segmentation, list):
+        return [list(r) if isinstance(r, array) else r for r in segmentation]
+    return segmentation
+
+
 def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
     """Replaces each annotation's ``segmentation`` by ``rle``; rejects what cannot be rasterized."""
     kept, rejections = [], []
@@ -56,7 +64,7 @@ def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
         try:
             rle, flags = to_rle(seg, plan.height, plan.width)
         except RecordError as exc:
-            digest = hashlib.sha256(json.dumps(seg, default=str).encode()).hexdigest()
+            digest = hashlib.sha256(json.dumps(_unpacked(seg), default=str).encode()).hexdigest()
             rejections.append(
                 Rejection(
                     "annotation",
@@ -89,17 +97,18 @@ class _RasterizeFn(beam.DoFn):
         self._rasterized = Metrics.counter("coco_beam", "masks_rasterized")
         self._rejected = Metrics.counter("coco_beam", "masks_rejected")
 
-    def process(self, plan: ImagePlan):
-        plan, rejections = rasterize_plan(plan)
-        self._rasterized.inc(len(plan.annotations))
-        self._rejected.inc(len(rejections))
-        for rejection in rejections:
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
-        yield plan
+    def process(self, batch: PlanBatch):
+        for plan in batch.plans:
+            plan, rejections = rasterize_plan(plan)
+            self._rasterized.inc(len(plan.annotations))
+            self._rejected.inc(len(rejections))
+            for rejection in rejections:
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+        yield batch
 
 
 class RasterizeMasks(beam.PTransform):
-    """Takes ``ImagePlan``s with raw segmentations; returns plans whose annotations carry
+    """Takes ``PlanBatch``es with raw segmentations; returns them with annotations that carry
     ``rle`` (COCO compressed RLE equal to ``annToMask``) and flags, plus ``rejected``
     annotations (degenerate or odd polygons, broken RLE) with their reason."""
 

@@ -2,8 +2,9 @@
 
 Each (file, section) pair is its own element, so a 450 MB instances file is parsed as several
 streams at once (images, annotations, categories) and several files in parallel, each with
-memory bounded by one record. Files are opened through Beam's filesystems, so local paths and
-``gs://`` URLs work alike.
+memory bounded by one batch of records. Records leave in batches, one per join bucket and
+flush, so the join's shuffle moves thousands of elements rather than one per record. Files are
+opened through Beam's filesystems, so local paths and ``gs://`` URLs work alike.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from schemas.records import COUNTS, REJECTED, AnnotationSource, Rejection
 from transforms import coco_json
 from transforms.coco_json import RecordError
 from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE
-from transforms.runtime import relax_gc
+from transforms.masks import pack_polygons
+from transforms.runtime import pack, relax_gc
+from transforms.sharding import join_bucket
 
 __all__ = ["ReadCocoAnnotations", "sections_of"]
 
@@ -96,6 +99,7 @@ class _ReadSectionFn(beam.DoFn):
         if kind is None:
             kind = TAG_CAPTION if source.family == "captions" else TAG_ANNOTATION
         ids, images = [], 0
+        batches = _Batches(source.split)
         with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             records = coco_json.iter_section(f, section)
             while True:
@@ -138,13 +142,43 @@ class _ReadSectionFn(beam.DoFn):
                 else:
                     image_id = checked["image_id"]
                     ids.append(checked["id"])
-                yield (source.split, image_id), (kind, source.family, source.path, checked)
+                if "segmentation" in checked:
+                    checked["segmentation"] = pack_polygons(checked["segmentation"])
+                yield from batches.add(image_id, (kind, source.family, source.path, checked))
+        if section == "images":
+            # Every split's bucket 0 exists, so the steps after the join can act once a split.
+            batches.touch(0)
+        yield from batches.flush()
         if ids:
             yield beam.pvalue.TaggedOutput(
                 ANNOTATION_IDS, ((source.split, source.family), np.asarray(ids, np.int64))
             )
         if section == "images":
             yield beam.pvalue.TaggedOutput(IMAGE_COUNTS, (source.split, images))
+
+
+class _Batches:
+    """Buffers one split's records by join bucket; flushes every bucket once ``limit`` records
+    are held, so memory stays bounded and records cross the shuffle in packed batches."""
+
+    def __init__(self, split: str, limit: int = 16384):
+        self._split, self._limit = split, limit
+        self._buckets: dict[int, list] = {}
+        self._held = 0
+
+    def add(self, image_id: int, value):
+        self._buckets.setdefault(join_bucket(self._split, image_id), []).append((image_id, value))
+        self._held += 1
+        if self._held >= self._limit:
+            yield from self.flush()
+
+    def touch(self, bucket: int) -> None:
+        self._buckets.setdefault(bucket, [])
+
+    def flush(self):
+        for bucket in sorted(self._buckets):
+            yield (self._split, bucket), pack(self._buckets[bucket])
+        self._buckets, self._held = {}, 0
 
 
 def _check(kind: str, record, family: str, slim: bool) -> dict:
@@ -174,10 +208,13 @@ def _splits_with_instances(sources: list[AnnotationSource]) -> frozenset:
 
 
 class ReadCocoAnnotations(beam.PTransform):
-    """Reads COCO annotation files into records keyed by ``(split, image_id)``.
+    """Reads COCO annotation files into batches of records keyed by their image's join bucket.
 
     Takes a pipeline root and a list of ``AnnotationSource``. Returns a dict of PCollections:
-    ``records`` (``((split, image_id), (tag, family, source, record))``), ``categories``
+    ``records`` (``((split, bucket), packed [(image_id, (tag, family, source, record)), ...])``,
+    see ``transforms.sharding.join_bucket`` and ``transforms.runtime.pack``; bucket 0 of every
+    split is present, maybe empty),
+    ``categories``
     (``(split, {id: category})``), ``rejected`` (records failing their schema check, with a
     reason), ``counts``, ``annotation_ids`` (one id array per section read, to find ids
     used twice without shuffling one element per annotation) and ``image_counts``

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["DEFAULT_SHARD_BYTES", "num_shards_for", "shard_index", "shard_name"]
+__all__ = [
+    "DEFAULT_SHARD_BYTES",
+    "NUM_JOIN_BUCKETS",
+    "join_bucket",
+    "num_shards_for",
+    "shard_index",
+    "shard_name",
+]
 
 # Large enough to amortize per-file costs on object stores, small enough for one worker to
 # write in a minute; Hugging Face's own default is 500 MB.
@@ -37,6 +44,18 @@ def shard_index(split: str, image_id: int, num_shards: int) -> int:
     """A stable, uniform shard for an image: the first 8 bytes of SHA-1 of its key, mod N."""
     digest = hashlib.sha1(f"{split}/{image_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % num_shards
+
+
+# Records are grouped by a bucket of their image before the join: enough buckets to spread the
+# join over many workers and keep each group small (COCO train2017: ~460 images a bucket), few
+# enough that records travel in batches of dozens rather than one element each. Only the
+# grouping depends on it, never the shard an image lands in or the bytes written.
+NUM_JOIN_BUCKETS = 256
+
+
+def join_bucket(split: str, image_id: int) -> int:
+    """The join bucket of an image, uniform over ``NUM_JOIN_BUCKETS`` whatever its ids."""
+    return shard_index(split, image_id, NUM_JOIN_BUCKETS)
 
 
 def shard_name(split: str, index: int, num_shards: int, ext: str) -> str:
