@@ -78,7 +78,8 @@ def plan_build(options: BuildOptions) -> BuildPlan:
 def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan):
     """Adds the build to ``pipeline``; returns the manifest PCollection."""
     images_dirs = {s.split: s.images_dir for s in plan.sources}
-    read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources)
+    workers = pipeline.options.view_as(DirectOptions).direct_num_workers or 1
+    read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources, workers)
     joined = read | (
         "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir)
     )

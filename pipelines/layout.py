@@ -36,14 +36,16 @@ def find_sources(
     if coco_root:
         root = coco_root.rstrip("/")
         pattern = f"{root}/annotations/*.json"
-        paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-        for path in paths:
+        listed = sorted(
+            (m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list
+        )
+        for path, size in listed:
             name = path.rsplit("/", 1)[-1]
             if not name.startswith(_COCO_PREFIXES):
                 ignored.append(path)
                 continue
             family, split = parse_annotation_file_name(name)
-            sources.append(_source(path, family, split, f"{root}/{images_folder(split)}"))
+            sources.append(_source(path, family, split, f"{root}/{images_folder(split)}", size))
         if not sources:
             raise LayoutError(f"no COCO annotation files matched {pattern}")
     else:
@@ -53,7 +55,8 @@ def find_sources(
             if not FileSystems.exists(path):
                 raise LayoutError(f"annotation file {path} does not exist")
             family, split = parse_annotation_file_name(path)
-            sources.append(_source(path, family, split, images.rstrip("/")))
+            size = FileSystems.get_filesystem(path).metadata(path).size_in_bytes
+            sources.append(_source(path, family, split, images.rstrip("/"), size))
     for folder in sorted({s.images_dir for s in sources}):
         if not _has_files(folder):
             raise LayoutError(f"no image files under {folder}")
@@ -68,8 +71,8 @@ def images_folder(split: str) -> str:
     return split
 
 
-def _source(path, family, split, images_dir) -> AnnotationSource:
+def _source(path, family, split, images_dir, size_bytes) -> AnnotationSource:
     try:
-        return AnnotationSource(path, family, split, images_dir)
+        return AnnotationSource(path, family, split, images_dir, size_bytes)
     except ValueError as exc:
         raise LayoutError(str(exc)) from exc

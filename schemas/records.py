@@ -75,6 +75,7 @@ class AnnotationSource:
     family: str
     split: str
     images_dir: str
+    size_bytes: int = 0  # as listed; only the reader's work estimates use it
 
     def __post_init__(self):
         if self.family not in FAMILIES:

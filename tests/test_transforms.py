@@ -15,7 +15,13 @@ from transforms.join import JoinAnnotationsToImages, _JoinBucketFn
 from transforms.parquet_shards import ShardWriterConfig, _WriteShardFn
 from transforms.publish import PublishConfig, _PublishFn
 from transforms.rasterize import RasterizeMasks, _RasterizeFn
-from transforms.read_annotations import ReadCocoAnnotations, _ReadSectionFn
+from transforms.read_annotations import (
+    ReadCocoAnnotations,
+    _ReadSectionFn,
+    deal_tasks,
+    plan_tasks,
+    task_cost,
+)
 from transforms.runtime import unpack
 from transforms.sharding import shard_index
 
@@ -158,3 +164,20 @@ def test_writer_config_validates():
         ShardWriterConfig(temp_dir="/tmp", io_threads=0)
     with pytest.raises(ValueError):
         ShardWriterConfig(temp_dir="/tmp", row_group_bytes=10)
+
+
+def test_deal_tasks_balances_round_robin_workers():
+    sizes = {"instances": 27, "person_keypoints": 12, "captions": 7}
+    sources = [
+        AnnotationSource(f"{family}_{split}.json", family, split, "x", size * 10**6 // scale)
+        for family, size in sizes.items()
+        for split, scale in (("train", 1), ("val", 4))
+    ]
+    tasks = plan_tasks(sources)
+    dealt = deal_tasks(tasks, 2)
+    assert sorted(map(repr, filter(None, dealt))) == sorted(map(repr, tasks))
+    loads = [sum(task_cost(t) for t in dealt[w::2] if t) for w in range(2)]
+    total, largest = sum(loads), max(map(task_cost, tasks))
+    # Within the largest task of perfect balance, and never worse than half the largest over.
+    assert max(loads) <= max(total / 2 + largest / 2, largest) + 1
+    assert deal_tasks(tasks, 1) == tasks

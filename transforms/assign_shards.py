@@ -70,7 +70,7 @@ class AssignShards(beam.PTransform):
     def expand(self, plans):
         listed = (
             plans.pipeline
-            | "ListFolders" >> beam.Create(sorted(self._images_dirs.items()))
+            | "ListFolders" >> beam.Create(sorted(self._images_dirs.items()), reshuffle=False)
             | "ListImages" >> beam.MapTuple(list_folder)
         )
         # Sized from the image records read, not from the plans: the keying below then fuses
