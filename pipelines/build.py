@@ -3,7 +3,8 @@
 Composition only; every step is a transform of ``transforms/``::
 
     ReadCocoAnnotations -> JoinAnnotationsToImages -> RasterizeMasks -> AssignShards
-        -> WriteParquetShards (the only stage that reads image bytes) -> PublishRun
+        -> WriteParquetShards (the only stage that reads image bytes; it also gathers the
+           statistics from the same decode) -> GatherStatistics -> PublishRun
 
 Image bytes never cross a shuffle: ids, paths, annotations and masks are grouped, and the
 bytes are read after the last shuffle, in the stage that writes them.
@@ -30,10 +31,11 @@ from pipelines.layout import find_sources
 from pipelines.options import BuildOptions
 from transforms.assign_shards import AssignShards
 from transforms.join import JoinAnnotationsToImages
-from transforms.parquet_shards import ShardWriterConfig, WriteParquetShards
+from transforms.parquet_shards import DIGESTS, STATS, ShardWriterConfig, WriteParquetShards
 from transforms.publish import PublishConfig, PublishRun
 from transforms.rasterize import RasterizeMasks
 from transforms.read_annotations import ReadCocoAnnotations
+from transforms.stats import GatherStatistics
 
 __all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
 
@@ -97,6 +99,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
     written = assigned["keyed"] | "WriteParquetShards" >> WriteParquetShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
     )
+    gathered = (written[STATS], written[DIGESTS]) | "GatherStatistics" >> GatherStatistics()
     rejected = (
         read["rejected"],
         joined.rejected,
@@ -135,6 +138,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         categories=read["categories"],
         num_shards=assigned["num_shards"],
         listed=assigned["listed"],
+        stats=gathered["stats"],
+        duplicates=gathered["duplicates"],
     )
 
 

@@ -7,7 +7,11 @@ Guarantees of ``inspect_image``:
   * the image is decoded fully; a truncated file is rejected, never padded (Pillow's
     ``LOAD_TRUNCATED_IMAGES`` is never set);
   * pixels are not rotated: COCO annotations live in the stored pixel space, so the EXIF
-    orientation is recorded, and a size swapped by an orientation of 5 to 8 is flagged.
+    orientation is recorded, and a size swapped by an orientation of 5 to 8 is flagged;
+  * ``pixel_histogram`` counts every pixel of the decoded image per RGB channel (256 bins
+    each), under one conversion: grey images count their value in all three channels, every
+    other mode goes through Pillow's ``convert("RGB")`` (palette looked up, alpha dropped,
+    CMYK by Pillow's formula).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class ImageFacts:
     height: int
     exif_orientation: int | None
     flags: tuple[str, ...]
+    pixel_histogram: tuple[int, ...] = ()  # R[0..255], G[0..255], B[0..255]
 
 
 def safe_relative_path(file_name: str) -> bool:
@@ -89,7 +94,22 @@ def _decode(data: bytes, max_pixels: int):
         if image.mode not in _SUPPORTED_MODES:
             raise RecordError(Reason.UNSUPPORTED_MODE, f"mode {image.mode} is not supported")
         image.load()
-        return image.format.lower(), image.mode, image.size, image.getexif().get(_EXIF_ORIENTATION)
+        return (
+            image.format.lower(),
+            image.mode,
+            image.size,
+            image.getexif().get(_EXIF_ORIENTATION),
+            rgb_histogram(image),
+        )
+
+
+def rgb_histogram(image: Image.Image) -> tuple[int, ...]:
+    """768 pixel counts: R, G and B, 256 values each (see the module's guarantees)."""
+    if image.mode == "L":
+        return tuple(image.histogram()) * 3
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return tuple(image.histogram())
 
 
 def inspect_image(
@@ -106,7 +126,7 @@ def inspect_image(
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            fmt, mode, size, orientation = _decode(data, max_pixels)
+            fmt, mode, size, orientation, histogram = _decode(data, max_pixels)
         except RecordError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -127,4 +147,4 @@ def inspect_image(
             )
     if not isinstance(orientation, int) or not 1 <= orientation <= 8:
         orientation = None
-    return ImageFacts(digest, fmt, mode, size[0], size[1], orientation, flags)
+    return ImageFacts(digest, fmt, mode, size[0], size[1], orientation, flags, histogram)

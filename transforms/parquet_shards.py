@@ -35,10 +35,16 @@ from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
 from transforms.progress import ProgressReporter
-from transforms.runtime import relax_gc, unpack
+from transforms.runtime import pack, relax_gc, unpack
 from transforms.sharding import shard_name
+from transforms.stats import add_image
 
-__all__ = ["ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
+__all__ = ["DIGESTS", "STATS", "ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
+
+# Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats``), and
+# ``(sha256 prefix, packed [(sha256, split, image_id), ...])`` to find identical images.
+STATS = "stats"
+DIGESTS = "digests"
 
 # Statistics only on small scalar columns: min/max of image bytes would put two images in the
 # footer of every row group.
@@ -222,6 +228,8 @@ class _WriteShardFn(beam.DoFn):
         temp_path = FileSystems.join(self._config.temp_dir, f"{name}.{uuid.uuid4().hex}")
         written = collections.Counter()
         rejections = []
+        stats = collections.Counter()
+        digests: dict[str, list] = {}
         raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
         stream = _HashingStream(raw)
         writer = pq.ParquetWriter(
@@ -251,6 +259,19 @@ class _WriteShardFn(beam.DoFn):
             data, facts = loaded
             self._decoded.inc()
             groups.add(build_row(plan, data, facts), len(data))
+            add_image(
+                stats,
+                width=plan.width,
+                height=plan.height,
+                fmt=facts.format,
+                mode=facts.mode,
+                exif_orientation=facts.exif_orientation,
+                num_bytes=len(data),
+                pixel_histogram=facts.pixel_histogram,
+                annotations=plan.annotations,
+                captions=plan.captions,
+            )
+            digests.setdefault(facts.sha256[:2], []).append((facts.sha256, split, plan.image_id))
             written["image"] += 1
             written["annotation"] += len(plan.annotations)
             written["caption"] += len(plan.captions)
@@ -261,6 +282,9 @@ class _WriteShardFn(beam.DoFn):
         self._shards.inc()
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+        yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+        for prefix in sorted(digests):
+            yield beam.pvalue.TaggedOutput(DIGESTS, (prefix, pack(digests[prefix])))
         yield ShardResult(
             split,
             index,
@@ -334,8 +358,9 @@ def _dependents(plan: ImagePlan) -> list[Rejection]:
 class WriteParquetShards(beam.PTransform):
     """Takes ``((split, shard_index), packed [plan, ...])`` from ``AssignShards``, with the
     ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes
-    each shard under a temporary name. Returns ``ShardResult``s (main) and ``rejected``
-    images with their dependents."""
+    each shard under a temporary name. Returns ``ShardResult``s (main), ``rejected`` images
+    with their dependents, and per shard its ``stats`` accumulator and ``digests``, gathered
+    from the same decode as the rows (the data is read once for shards and statistics)."""
 
     def __init__(self, config: ShardWriterConfig, *, num_shards, categories):
         super().__init__()
@@ -352,5 +377,5 @@ class WriteParquetShards(beam.PTransform):
                 _WriteShardFn(self._config),
                 num_shards=beam.pvalue.AsDict(self._num_shards),
                 categories=beam.pvalue.AsDict(self._categories),
-            ).with_outputs(REJECTED, main="shards")
+            ).with_outputs(REJECTED, STATS, DIGESTS, main="shards")
         )

@@ -6,6 +6,7 @@ Layout of an output folder::
     OUT/runs/<run_id>/data/<split>-SSSSS-of-NNNNN.parquet
     OUT/runs/<run_id>/categories.parquet
     OUT/runs/<run_id>/rejected/rejected.jsonl
+    OUT/runs/<run_id>/stats/stats.json   dataset statistics (see ``transforms.stats``)
     OUT/runs/<run_id>/manifest.json     written after everything else in the run folder
 
 Guarantees: nothing is renamed or published unless every shard of every split is present and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -33,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.parquet import CATEGORIES_SCHEMA
 from schemas.records import KINDS
 from transforms.sharding import shard_name
+from transforms.stats import stats_document
 
 __all__ = ["PublishConfig", "PublishRun", "RunFailed", "library_versions"]
 
@@ -146,7 +149,9 @@ class _PublishFn(beam.DoFn):
     def __init__(self, config: PublishConfig):
         self._config = config
 
-    def process(self, _, shards, rejected, counts, categories, num_shards, listed):
+    def process(
+        self, _, shards, rejected, counts, categories, num_shards, listed, stats, duplicates
+    ):
         cfg = self._config
         run_dir = cfg.run_dir
         chosen, extra = _choose_shards(shards, num_shards)
@@ -187,6 +192,13 @@ class _PublishFn(beam.DoFn):
             _categories_table(categories),
             "application/octet-stream",
         )
+        stats_bytes = (
+            json.dumps(stats_document(stats, categories, duplicates), indent=1, sort_keys=True)
+            + "\n"
+        ).encode()
+        _write_bytes(
+            FileSystems.join(run_dir, "stats", "stats.json"), stats_bytes, "application/json"
+        )
         splits = {}
         for s in chosen:
             entry = splits.setdefault(
@@ -222,6 +234,10 @@ class _PublishFn(beam.DoFn):
                 for s in chosen
             ],
             "splits": splits,
+            "stats": {
+                "path": "stats/stats.json",
+                "sha256": hashlib.sha256(stats_bytes).hexdigest(),
+            },
             "counts": totals,
             "rejected_reasons": dict(sorted(reasons.items())),
             # Files in an images folder that no image record names: ignored, and counted.
@@ -258,19 +274,30 @@ class PublishRun(beam.PTransform):
     """Publishes a run once every shard is written; see the module docstring.
 
     Takes a pipeline root; ``shards``, ``rejected``, ``counts`` (summed per key),
-    ``categories``, ``num_shards`` and ``listed`` (files and bytes per images folder)
-    PCollections come as side inputs. Returns the manifest.
+    ``categories``, ``num_shards``, ``listed`` (files and bytes per images folder), ``stats``
+    (one accumulator per split) and ``duplicates`` PCollections come as side inputs. Returns
+    the manifest.
     """
 
     def __init__(
-        self, config: PublishConfig, *, shards, rejected, counts, categories, num_shards, listed
+        self,
+        config: PublishConfig,
+        *,
+        shards,
+        rejected,
+        counts,
+        categories,
+        num_shards,
+        listed,
+        stats,
+        duplicates,
     ):
         super().__init__()
         self._config = config
-        self._inputs = (shards, rejected, counts, categories, num_shards, listed)
+        self._inputs = (shards, rejected, counts, categories, num_shards, listed, stats, duplicates)
 
     def expand(self, pbegin):
-        shards, rejected, counts, categories, num_shards, listed = self._inputs
+        shards, rejected, counts, categories, num_shards, listed, stats, duplicates = self._inputs
         return (
             pbegin
             | "Once" >> beam.Create([None])
@@ -283,5 +310,7 @@ class PublishRun(beam.PTransform):
                 categories=beam.pvalue.AsDict(categories),
                 num_shards=beam.pvalue.AsDict(num_shards),
                 listed=beam.pvalue.AsDict(listed),
+                stats=beam.pvalue.AsDict(stats),
+                duplicates=beam.pvalue.AsList(duplicates),
             )
         )
