@@ -15,7 +15,14 @@ from pycocotools.coco import COCO
 
 from tests.conftest import COCO_TINY
 from transforms.runtime import pack
-from transforms.stats import MergeStats, add_image, find_duplicates, merge, summarize
+from transforms.stats import (
+    MergeStats,
+    add_image,
+    add_pixels,
+    find_duplicates,
+    merge,
+    summarize,
+)
 
 _CATS = {1: {"name": "person", "supercategory": "person"}, 3: {"name": "car"}}
 
@@ -31,6 +38,7 @@ def _rle(h, w, on):
 
 
 def _image(anns=(), caps=(), hist=None, w=20, h=10, **kw):
+    """``add_image``'s arguments, and the image's pixel histogram under ``hist``."""
     args = dict(
         width=w,
         height=h,
@@ -38,12 +46,18 @@ def _image(anns=(), caps=(), hist=None, w=20, h=10, **kw):
         mode="RGB",
         exif_orientation=None,
         num_bytes=2048,
-        pixel_histogram=hist or [0] * 768,
         annotations=list(anns),
         captions=list(caps),
+        hist=hist or [0] * 768,
     )
     args.update(kw)
     return args
+
+
+def _add(acc, image):
+    image = dict(image)
+    add_pixels(acc, image.pop("hist"))
+    return add_image(acc, **image)
 
 
 def _ann(cat, bbox, area, crowd=0, keypoints=None):
@@ -60,9 +74,9 @@ def _ann(cat, bbox, area, crowd=0, keypoints=None):
 
 def test_counts_buckets_and_cooccurrence():
     acc = collections.Counter()
-    add_image(
+    _add(
         acc,
-        **_image(
+        _image(
             [
                 _ann(1, [0, 0, 4, 5], 20.0),
                 _ann(1, [0, 0, 10, 10], 32 * 32.0, crowd=1),
@@ -71,7 +85,7 @@ def test_counts_buckets_and_cooccurrence():
             [{"id": 1, "caption": "a car and two people"}],
         ),
     )
-    add_image(acc, **_image())
+    _add(acc, _image())
     doc = summarize(acc, _CATS)
     assert doc["num_images"] == 2
     assert doc["num_annotations"] == 3
@@ -113,7 +127,7 @@ def test_pixel_mean_and_std_are_the_population_figures():
     acc = collections.Counter()
     for p in pixels:
         hist = Image.fromarray(p).histogram()
-        add_image(acc, **_image(hist=hist, w=9, h=7))
+        _add(acc, _image(hist=hist, w=9, h=7))
     doc = summarize(acc, {})
     everything = np.concatenate([p.reshape(-1, 3) for p in pixels]).astype(np.float64)
     assert doc["pixel_mean"] == pytest.approx(everything.mean(axis=0).tolist(), rel=1e-15)
@@ -146,10 +160,10 @@ def test_three_ways_of_merging_agree(seed, n, batches):
     images = _random_images(seed, n)
     sequential = collections.Counter()
     for image in images:
-        add_image(sequential, **image)
+        _add(sequential, image)
     parts = [collections.Counter() for _ in range(batches)]
     for i, image in enumerate(images):
-        add_image(parts[i % batches], **image)
+        _add(parts[i % batches], image)
     per_batch = merge(parts)
     shuffled = parts[:]
     random.Random(seed).shuffle(shuffled)
@@ -167,9 +181,9 @@ def test_three_ways_of_merging_agree(seed, n, batches):
 def test_accumulator_size_does_not_grow_with_images():
     small, large = collections.Counter(), collections.Counter()
     for image in _random_images(1, 50):
-        add_image(small, **image)
+        _add(small, image)
     for image in _random_images(1, 50) * 40:
-        add_image(large, **image)
+        _add(large, image)
     assert len(large) <= len(small) + 50
 
 

@@ -21,6 +21,7 @@ import hashlib
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from schemas.records import Reason
@@ -56,7 +57,7 @@ class ImageFacts:
     height: int
     exif_orientation: int | None
     flags: tuple[str, ...]
-    pixel_histogram: tuple[int, ...] = ()  # R[0..255], G[0..255], B[0..255]
+    pixel_histogram: np.ndarray | None = None  # int64 counts: R[0..255], G[0..255], B[0..255]
 
 
 def safe_relative_path(file_name: str) -> bool:
@@ -103,13 +104,13 @@ def _decode(data: bytes, max_pixels: int):
         )
 
 
-def rgb_histogram(image: Image.Image) -> tuple[int, ...]:
-    """768 pixel counts: R, G and B, 256 values each (see the module's guarantees)."""
+def rgb_histogram(image: Image.Image) -> np.ndarray:
+    """768 pixel counts (int64): R, G and B, 256 values each (see the module's guarantees)."""
     if image.mode == "L":
-        return tuple(image.histogram()) * 3
+        return np.tile(np.asarray(image.histogram(), np.int64), 3)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return tuple(image.histogram())
+    return np.asarray(image.histogram(), np.int64)
 
 
 def inspect_image(

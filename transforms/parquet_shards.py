@@ -24,6 +24,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -37,7 +38,7 @@ from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_
 from transforms.progress import ProgressReporter
 from transforms.runtime import pack, relax_gc, unpack
 from transforms.sharding import shard_name
-from transforms.stats import add_image
+from transforms.stats import add_image, add_pixels
 
 __all__ = ["DIGESTS", "STATS", "ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
 
@@ -229,6 +230,7 @@ class _WriteShardFn(beam.DoFn):
         written = collections.Counter()
         rejections = []
         stats = collections.Counter()
+        pixels = np.zeros(768, np.int64)
         digests: dict[str, list] = {}
         raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
         stream = _HashingStream(raw)
@@ -267,10 +269,10 @@ class _WriteShardFn(beam.DoFn):
                 mode=facts.mode,
                 exif_orientation=facts.exif_orientation,
                 num_bytes=len(data),
-                pixel_histogram=facts.pixel_histogram,
                 annotations=plan.annotations,
                 captions=plan.captions,
             )
+            pixels += facts.pixel_histogram
             digests.setdefault(facts.sha256[:2], []).append((facts.sha256, split, plan.image_id))
             written["image"] += 1
             written["annotation"] += len(plan.annotations)
@@ -282,7 +284,7 @@ class _WriteShardFn(beam.DoFn):
         self._shards.inc()
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)
-        yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+        yield beam.pvalue.TaggedOutput(STATS, (split, add_pixels(stats, pixels)))
         for prefix in sorted(digests):
             yield beam.pvalue.TaggedOutput(DIGESTS, (prefix, pack(digests[prefix])))
         yield ShardResult(

@@ -33,6 +33,7 @@ __all__ = [
     "GatherStatistics",
     "MergeStats",
     "add_image",
+    "add_pixels",
     "find_duplicates",
     "merge",
     "stats_document",
@@ -78,11 +79,11 @@ def add_image(
     mode: str,
     exif_orientation: int | None,
     num_bytes: int,
-    pixel_histogram: Iterable[int],
     annotations: list[dict],
     captions: list[dict],
 ) -> collections.Counter:
-    """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it."""
+    """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it.
+    Its pixels are added with ``add_pixels``, once for many images."""
     acc["n", "images"] += 1
     acc["format", fmt] += 1
     acc["mode", mode] += 1
@@ -92,9 +93,6 @@ def add_image(
     acc["h", "image_aspect_log2", _bin(math.log2(width / height), 0.125)] += 1
     acc["h", "file_size_log2_kib", _bin(math.log2(max(num_bytes, 1) / 1024), 0.25)] += 1
     acc["size2d", width // 64, height // 64] += 1
-    for i, n in enumerate(pixel_histogram):
-        if n:
-            acc["px", i // 256, i % 256] += n
     acc["n", "pixels"] += width * height
 
     acc["n", "annotations"] += len(annotations)
@@ -114,6 +112,15 @@ def add_image(
     acc["n", "captions"] += len(captions)
     for cap in captions:
         acc["h", "caption_words", _count_bin(len(cap["caption"].split()))] += 1
+    return acc
+
+
+def add_pixels(acc: collections.Counter, histogram: Iterable[int]) -> collections.Counter:
+    """Adds 768 per-channel pixel counts (R, G, B; 256 values each), e.g. the sum of many
+    images' ``ImageFacts.pixel_histogram``."""
+    for i, n in enumerate(histogram):
+        if n:
+            acc["px", i // 256, i % 256] += int(n)
     return acc
 
 
