@@ -57,7 +57,8 @@ class ImageFacts:
     height: int
     exif_orientation: int | None
     flags: tuple[str, ...]
-    pixel_histogram: np.ndarray | None = None  # int64 counts: R[0..255], G[0..255], B[0..255]
+    # int64 counts: R[0..255], G[0..255], B[0..255]
+    pixel_histogram: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def safe_relative_path(file_name: str) -> bool:
