@@ -187,6 +187,21 @@ def test_accumulator_size_does_not_grow_with_images():
     assert len(large) <= len(small) + 50
 
 
+def test_extreme_boxes_land_in_outer_bins():
+    """Finite, non-negative boxes pass the parse-time checks however large or small; their
+    products and ratios overflow or underflow, and must neither raise nor add unbounded bins."""
+    acc = collections.Counter()
+    for bbox in ([0, 0, 1e200, 1e200], [0, 0, 1e-200, 1e-200], [0, 0, 1e-300, 1e300]):
+        _add(acc, _image([_ann(1, bbox, 5.0)]))
+    doc = summarize(acc, _CATS)
+    assert doc["num_annotations"] == 3
+    widths = doc["histograms"]["bbox_width"]["bins"]
+    assert widths == [[0, 2], [4096, 1]]
+    assert doc["num_zero_size_boxes"] == 1  # 1e-200 squared is 0 in a double
+    aspects = [b for b, _ in doc["histograms"]["bbox_aspect_log2"]["bins"]]
+    assert aspects == [-4096 * 0.125, 0.0]
+
+
 def test_duplicates_are_found_across_splits():
     blobs = [pack([("aa1", "val", 1), ("aa2", "val", 2)]), pack([("aa1", "train", 9)])]
     assert find_duplicates(("aa", blobs)) == [

@@ -43,6 +43,7 @@ __all__ = [
 _SMALL, _MEDIUM = 32**2, 96**2
 _GRID = 16  # object centres: a 16 x 16 heatmap over the normalized image
 _MAX_COUNT_BIN = 100  # per-image counts and caption words: exact up to 99, then "100+"
+_MAX_BIN = 4096  # any histogram: bins k with |k| < 4096, the outermost holding everything past
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 # name -> (bin width, unit) of the one-dimensional histograms; bin k holds [k*w, (k+1)*w).
@@ -63,7 +64,13 @@ HISTOGRAMS = {
 
 
 def _bin(value: float, width: float) -> int:
-    return math.floor(value / width)
+    """The bin of ``value``; values past ``_MAX_BIN`` bins from zero (a box side of 10^200 px,
+    an overflow to infinity) fall in the outermost bin, so bins stay bounded and nothing a
+    checked record holds can raise here."""
+    q = value / width
+    if not -_MAX_BIN < q < _MAX_BIN:
+        return _MAX_BIN if q > 0 else -_MAX_BIN
+    return math.floor(q)
 
 
 def _count_bin(n: int) -> int:
@@ -136,15 +143,17 @@ def _add_annotation(acc: collections.Counter, ann: dict, width: int, height: int
     x, y, w, h = ann["bbox"]
     acc["h", "bbox_width", _bin(w, 1)] += 1
     acc["h", "bbox_height", _bin(h, 1)] += 1
-    if w > 0 and h > 0:
-        acc["h", "bbox_aspect_log2", _bin(math.log2(w / h), 0.125)] += 1
+    box = w * h  # may underflow to 0 or overflow to infinity for extreme sides
+    if box > 0:
+        # A difference of logs: w / h itself can underflow to 0 or overflow.
+        acc["h", "bbox_aspect_log2", _bin(math.log2(w) - math.log2(h), 0.125)] += 1
         mask_area = float(
             mask_utils.area({"size": ann["rle"]["size"], "counts": ann["rle"]["counts"]})
         )
-        acc["h", "mask_to_bbox_area", _bin(mask_area / (w * h), 0.05)] += 1
+        acc["h", "mask_to_bbox_area", _bin(mask_area / box, 0.05)] += 1
     else:
         acc["n", "zero_size_boxes"] += 1
-    acc["h", "bbox_relative_size", _bin(math.sqrt(max(w * h, 0) / (width * height)), 0.01)] += 1
+    acc["h", "bbox_relative_size", _bin(math.sqrt(max(box, 0) / (width * height)), 0.01)] += 1
     cx = min(max((x + w / 2) / width, 0.0), 1.0)
     cy = min(max((y + h / 2) / height, 0.0), 1.0)
     acc["centre", min(int(cx * _GRID), _GRID - 1), min(int(cy * _GRID), _GRID - 1)] += 1
