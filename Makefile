@@ -21,7 +21,14 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check pipelines transforms schemas tests benchmarks
 
-test: lint
+# The report's test opens it in Debian's Chromium, installed here when missing.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
+	else echo "no $(CHROMIUM) and no way to install it: the browser tests will be skipped"; fi
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed

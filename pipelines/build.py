@@ -95,6 +95,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         io_threads=options.io_threads,
         max_pixels=options.max_pixels,
         progress_dir=options.progress_dir,
+        formats=tuple(options.formats),
     )
     written = assigned["keyed"] | "WriteParquetShards" >> WriteParquetShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
@@ -118,7 +119,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         "max_pixels": options.max_pixels,
         "max_rejected_fraction": options.max_rejected_fraction,
         "compression": writer_config.compression,
-        "formats": ["parquet"],
+        "formats": list(options.formats),
     }
     publish_config = PublishConfig(
         output=plan.output,
@@ -180,14 +181,18 @@ def default_runner(options: PipelineOptions, argv: list[str]):
     )
 
 
-def run(argv=None, test_pipeline=None):
-    """Builds and runs the pipeline; returns ``(PipelineResult, BuildPlan)``."""
+def run(argv=None, test_pipeline=None, *, statistics_only=False):
+    """Builds and runs the pipeline; returns ``(PipelineResult, BuildPlan)``.
+    ``statistics_only``: read and decode everything, write the statistics and no shards (what
+    ``coco-beam stats`` runs)."""
     argv = list(argv or [])
     options = PipelineOptions(argv)
     # The launcher lists inputs before the pipeline exists; its storage access must honour the
     # same options (project, credentials, impersonation) as the workers'.
     FileSystems.set_options(options)
     build_options = options.view_as(BuildOptions)
+    if statistics_only:
+        build_options.formats = []
     plan = plan_build(build_options)
     if test_pipeline is not None:
         pipeline = test_pipeline

@@ -1,8 +1,9 @@
-"""The ``coco-beam`` command: ``build`` and ``synth``.
+"""The ``coco-beam`` command: ``build``, ``stats`` and ``synth``.
 
 ``coco-beam build`` takes the options of ``pipelines.options.BuildOptions``; every other
 argument is a Beam pipeline option, passed through. Run locally, it shows a progress bar of
-images done out of images known, and a summary at the end.
+images done out of images known, and a summary at the end. ``coco-beam stats`` runs the same
+pipeline writing statistics only, or compares two builds' statistics (``--compare OLD NEW``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
         f"{counts['annotation']['read']:,}",
         f"  captions     {counts['caption']['written']:>10,} written of "
         f"{counts['caption']['read']:,}",
-        f"  shards       {len(manifest['shards']):>10,} ({total_bytes / 1e6:,.1f} MB)",
+        f"  shards       {len(manifest['shards']):>10,} ({total_bytes / 1e6:,.1f} MB)"
+        if manifest["shards"]
+        else "  shards       none (statistics only)",
         f"  rejected     {rejected:>10,}"
         + (
             f"  ({', '.join(f'{k}: {v}' for k, v in manifest['rejected_reasons'].items())})"
@@ -87,6 +90,7 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
             else ""
         ),
         f"  seconds      {seconds:>10,.1f}",
+        f"  report       {run_dir}/{manifest['stats']['report']}",
     ]
     return "\n".join(lines)
 
@@ -117,11 +121,11 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
-def _build(argv: list[str]) -> int:
+def _build(argv: list[str], *, command: str = "build", statistics_only: bool = False) -> int:
     from pipelines import build
 
     if "-h" in argv or "--help" in argv:
-        print(_build_help())
+        print(_stats_help() if statistics_only else _build_help())
         return 0
     options = PipelineOptions(argv)
     runner = options.view_as(StandardOptions).runner
@@ -133,17 +137,17 @@ def _build(argv: list[str]) -> int:
     try:
         if progress is not None and sys.stderr.isatty():
             with _ProgressBar(progress.name):
-                result, plan = build.run(argv)
+                result, plan = build.run(argv, statistics_only=statistics_only)
         else:
-            result, plan = build.run(argv)
+            result, plan = build.run(argv, statistics_only=statistics_only)
     except (LayoutError, RunFailed, ValueError) as exc:
-        print(f"coco-beam build: error: {exc}", file=sys.stderr)
+        print(f"coco-beam {command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         message = _user_error(exc)
         if message is None:
             raise
-        print(f"coco-beam build: error: {message}", file=sys.stderr)
+        print(f"coco-beam {command}: error: {message}", file=sys.stderr)
         return 1
     finally:
         if progress is not None:
@@ -151,6 +155,73 @@ def _build(argv: list[str]) -> int:
     manifest = _read_manifest(plan.output, plan.run_id)
     print(_summary(manifest, plan.run_dir, time.monotonic() - started))
     return 0
+
+
+def _stats_help() -> str:
+    parser = argparse.ArgumentParser(
+        prog="coco-beam stats",
+        usage="coco-beam stats (--coco-root ROOT | --annotations FILE... --images DIR) "
+        "--output OUT [options] [Beam pipeline options]\n"
+        "       coco-beam stats --compare OLD NEW [--json FILE]",
+        description="Compute a COCO-format dataset's statistics (OUT/runs/<id>/stats/: "
+        "stats.json, Parquet tables, report.html) without writing shards; or compare the "
+        "statistics of two builds (an output folder, a run folder or a stats.json each).",
+    )
+    BuildOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def load_stats(location: str) -> dict:
+    """The statistics document of an output folder (its latest run), a run folder, or a
+    ``stats.json`` itself; local or on any Beam filesystem."""
+    location = location.rstrip("/")
+    if location.endswith(".json"):
+        path = location
+    else:
+        latest = FileSystems.join(location, "LATEST")
+        if FileSystems.exists(latest):
+            with FileSystems.open(latest) as f:
+                location = FileSystems.join(location, "runs", f.read().decode().strip())
+        path = FileSystems.join(location, "stats", "stats.json")
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(
+            f"no statistics at {location}: expected an output folder with LATEST, a run "
+            "folder with stats/stats.json, or a stats.json"
+        )
+    with FileSystems.open(path) as f:
+        return json.loads(f.read())
+
+
+def _compare(argv: list[str]) -> int:
+    from transforms.compare import compare_stats, format_comparison
+
+    parser = argparse.ArgumentParser(
+        prog="coco-beam stats --compare",
+        description="What changed between two builds' statistics, per split and category.",
+    )
+    parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), required=True)
+    parser.add_argument("--json", dest="json_path", help="Also write the comparison here.")
+    args = parser.parse_args(argv)
+    try:
+        old, new = (load_stats(p) for p in args.compare)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"coco-beam stats: error: {exc}", file=sys.stderr)
+        return 2
+    diff = compare_stats(old, new)
+    if args.json_path:
+        with FileSystems.create(args.json_path) as f:
+            f.write((json.dumps(diff, indent=1, sort_keys=True) + "\n").encode())
+    print(format_comparison(diff))
+    return 0
+
+
+def _stats(argv: list[str]) -> int:
+    if any(a.split("=", 1)[0] == "--compare" for a in argv):
+        return _compare(argv)
+    if any(a.split("=", 1)[0] == "--formats" for a in argv):
+        print("coco-beam stats: error: --formats belongs to coco-beam build", file=sys.stderr)
+        return 2
+    return _build(argv, command="stats", statistics_only=True)
 
 
 def _synth(argv: list[str]) -> int:
@@ -174,9 +245,11 @@ def _synth(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"build": _build, "synth": _synth}
+    commands = {"build": _build, "stats": _stats, "synth": _synth}
     if not argv or argv[0] not in commands:
-        usage = "usage: coco-beam {build,synth} [options]  (coco-beam COMMAND --help for more)"
+        usage = (
+            "usage: coco-beam {build,stats,synth} [options]  (coco-beam COMMAND --help for more)"
+        )
         if argv and argv[0] in ("-h", "--help"):
             print(usage)
             return 0

@@ -10,6 +10,7 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.images import DEFAULT_MAX_PIXELS
+from transforms.parquet_shards import FORMATS
 from transforms.sharding import DEFAULT_SHARD_BYTES
 
 __all__ = ["BuildOptions", "DEFAULT_MAX_REJECTED_FRACTION"]
@@ -31,6 +32,17 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+def _formats(text: str) -> list[str]:
+    """``parquet`` or a comma-separated list; empty: statistics only."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown formats {unknown}; known: {list(FORMATS)}")
+    if len(set(formats)) != len(formats):
+        raise argparse.ArgumentTypeError(f"a format is named twice in {text!r}")
+    return formats
 
 
 class BuildOptions(PipelineOptions):
@@ -66,6 +78,13 @@ class BuildOptions(PipelineOptions):
             default=None,
             help="Output folder (local path or gs:// URL). Each run writes OUTPUT/runs/<id>/ "
             "and then points OUTPUT/LATEST at it.",
+        )
+        group.add_argument(
+            "--formats",
+            dest="formats",
+            type=_formats,
+            default=["parquet"],
+            help=f"Comma-separated shard formats, of {', '.join(FORMATS)} (default parquet).",
         )
         group.add_argument(
             "--num-shards",

@@ -20,6 +20,7 @@ __all__ = [
     "PlanBatch",
     "Reason",
     "Rejection",
+    "ShardFile",
     "ShardResult",
     "parse_annotation_file_name",
 ]
@@ -149,15 +150,29 @@ class PlanBatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardFile:
+    """One file of a shard, in one format, under its temporary name until the run is published."""
+
+    format: str  # parquet, tfrecord
+    temp_path: str
+    num_bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardResult:
-    """What a shard writer wrote (under a temporary name until the run is published)."""
+    """What a shard writer wrote: the same rows in every format asked for (none when only
+    statistics are computed)."""
 
     split: str
     index: int
     num_shards: int
-    temp_path: str
+    files: tuple  # ShardFile per format, in the order of the formats asked for
     num_rows: int
-    num_bytes: int
-    sha256: str
     written: dict  # kind -> records written
     files_found: int  # images whose file exists (written, or rejected for their content)
+    attempt: str  # unique per execution of the shard: a retried bundle writes another
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(f.num_bytes for f in self.files)

@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import parquet as contract
-from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
+from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardFile, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
 from transforms.progress import ProgressReporter
@@ -40,7 +40,17 @@ from transforms.runtime import pack, relax_gc, unpack
 from transforms.sharding import shard_name
 from transforms.stats import add_image, add_pixels
 
-__all__ = ["DIGESTS", "STATS", "ShardWriterConfig", "WriteParquetShards", "build_row", "load_image"]
+__all__ = [
+    "DIGESTS",
+    "FORMATS",
+    "STATS",
+    "ShardWriterConfig",
+    "WriteParquetShards",
+    "build_row",
+    "load_image",
+]
+
+FORMATS = ("parquet",)
 
 # Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats``), and
 # ``(sha256 prefix, packed [(sha256, split, image_id), ...])`` to find identical images.
@@ -76,8 +86,13 @@ class ShardWriterConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     compression: str = "zstd"
     progress_dir: str | None = None
+    # Files written per shard; none computes statistics only (``coco-beam stats``).
+    formats: tuple = ("parquet",)
 
     def __post_init__(self):
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown:
+            raise ValueError(f"unknown output formats {sorted(unknown)}; known: {FORMATS}")
         if self.row_group_bytes < 1024 * 1024:
             raise ValueError("row_group_bytes must be at least 1 MiB")
         if not 1 <= self.io_threads <= 64:
@@ -224,26 +239,24 @@ class _WriteShardFn(beam.DoFn):
         n = num_shards[split]
         plans = sorted((p for packed in batches for p in unpack(packed)), key=lambda p: p.image_id)
         cats = sorted(categories.get(split, {}).values(), key=lambda c: c["id"])
-        schema = contract.arrow_schema(cats)
-        name = shard_name(split, index, n, "parquet")
-        temp_path = FileSystems.join(self._config.temp_dir, f"{name}.{uuid.uuid4().hex}")
+        attempt = uuid.uuid4().hex
+        files = [
+            _ParquetFile(
+                FileSystems.join(
+                    self._config.temp_dir, f"{shard_name(split, index, n, fmt)}.{attempt}"
+                ),
+                contract.arrow_schema(cats),
+                self._config,
+            )
+            for fmt in self._config.formats
+        ]
         written = collections.Counter()
         rejections = []
         stats = collections.Counter()
         pixels = np.zeros(768, np.int64)
         digests: dict[str, list] = {}
-        raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
-        stream = _HashingStream(raw)
-        writer = pq.ParquetWriter(
-            stream,
-            schema,
-            compression=contract.column_codecs(self._config.compression),
-            use_dictionary=["split", "format", "mode"],
-            write_statistics=_STATISTICS_COLUMNS,
-            sorting_columns=[pq.SortingColumn(0)],
-        )
-        groups = _RowGroups(writer, schema, self._config.row_group_bytes)
         found = 0
+        num_rows = 0
         window = 2 * self._config.io_threads + 2
         filesystem = self._filesystem(plans[0].path) if plans else None
         load = functools.partial(
@@ -260,7 +273,9 @@ class _WriteShardFn(beam.DoFn):
             found += 1
             data, facts = loaded
             self._decoded.inc()
-            groups.add(build_row(plan, data, facts), len(data))
+            for f in files:
+                f.add(plan, data, facts)
+            num_rows += 1
             add_image(
                 stats,
                 width=plan.width,
@@ -277,9 +292,7 @@ class _WriteShardFn(beam.DoFn):
             written["image"] += 1
             written["annotation"] += len(plan.annotations)
             written["caption"] += len(plan.captions)
-        groups.flush()
-        writer.close()
-        raw.close()
+        results = tuple(f.close() for f in files)
         self._progress.flush()
         self._shards.inc()
         for rejection in rejections:
@@ -287,16 +300,35 @@ class _WriteShardFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, (split, add_pixels(stats, pixels)))
         for prefix in sorted(digests):
             yield beam.pvalue.TaggedOutput(DIGESTS, (prefix, pack(digests[prefix])))
-        yield ShardResult(
-            split,
-            index,
-            n,
-            temp_path,
-            groups.num_rows,
-            stream.num_bytes,
-            stream.sha256.hexdigest(),
-            dict(written),
-            found,
+        yield ShardResult(split, index, n, results, num_rows, dict(written), found, attempt)
+
+
+class _ParquetFile:
+    """One Parquet shard being written: rows in, a ``ShardFile`` out."""
+
+    def __init__(self, temp_path: str, schema: pa.Schema, config: ShardWriterConfig):
+        self._temp_path = temp_path
+        self._raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._stream = _HashingStream(self._raw)
+        self._writer = pq.ParquetWriter(
+            self._stream,
+            schema,
+            compression=contract.column_codecs(config.compression),
+            use_dictionary=["split", "format", "mode"],
+            write_statistics=_STATISTICS_COLUMNS,
+            sorting_columns=[pq.SortingColumn(0)],
+        )
+        self._groups = _RowGroups(self._writer, schema, config.row_group_bytes)
+
+    def add(self, plan: ImagePlan, data: bytes, facts: ImageFacts) -> None:
+        self._groups.add(build_row(plan, data, facts), len(data))
+
+    def close(self) -> ShardFile:
+        self._groups.flush()
+        self._writer.close()
+        self._raw.close()
+        return ShardFile(
+            "parquet", self._temp_path, self._stream.num_bytes, self._stream.sha256.hexdigest()
         )
 
 

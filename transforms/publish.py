@@ -7,6 +7,8 @@ Layout of an output folder::
     OUT/runs/<run_id>/categories.parquet
     OUT/runs/<run_id>/rejected/rejected.jsonl
     OUT/runs/<run_id>/stats/stats.json   dataset statistics (see ``transforms.stats``)
+    OUT/runs/<run_id>/stats/<table>.parquet  the same figures as tables (``schemas.stats``)
+    OUT/runs/<run_id>/stats/report.html  the same figures as a page to read (offline)
     OUT/runs/<run_id>/manifest.json     written after everything else in the run folder
 
 Guarantees: nothing is renamed or published unless every shard of every split is present and
@@ -36,8 +38,9 @@ from schemas.parquet import CATEGORIES_SCHEMA
 from schemas.records import KINDS
 from transforms.sharding import shard_name
 from transforms.stats import stats_document
+from transforms.stats_tables import stats_tables, table_bytes
 
-__all__ = ["PublishConfig", "PublishRun", "RunFailed", "library_versions"]
+__all__ = ["PublishConfig", "PublishRun", "RunFailed", "library_versions", "write_statistics"]
 
 _LOGGER = logging.getLogger(__name__)
 MANIFEST_FORMAT = "coco-beam/1"
@@ -71,6 +74,7 @@ def library_versions() -> dict:
     import apache_beam
     import numpy
     import PIL
+    import plotly
     import pycocotools
 
     try:
@@ -86,6 +90,7 @@ def library_versions() -> dict:
         "pycocotools": coco_version,
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
+        "plotly": plotly.__version__,
     }
 
 
@@ -113,6 +118,34 @@ def _categories_table(categories: dict) -> bytes:
     return sink.getvalue()
 
 
+def write_statistics(folder: str, doc: dict, *, title: str) -> dict:
+    """Writes ``stats.json``, its tables (``<table>.parquet``) and ``report.html`` into
+    ``folder``; returns their manifest entry (paths relative to the run, sizes, SHA-256)."""
+    from transforms.report import render_report
+
+    files = {"stats.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()}
+    for name, table in stats_tables(doc).items():
+        files[f"{name}.parquet"] = table_bytes(table)
+    files["report.html"] = render_report(doc, title=title).encode()
+    mime = {"json": "application/json", "parquet": "application/octet-stream", "html": "text/html"}
+    for name, data in files.items():
+        _write_bytes(FileSystems.join(folder, name), data, mime[name.rsplit(".", 1)[1]])
+    entries = {
+        name: {
+            "path": f"stats/{name}",
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        for name, data in files.items()
+    }
+    return {
+        "path": "stats/stats.json",
+        "sha256": entries["stats.json"]["sha256"],
+        "report": "stats/report.html",
+        "files": [entries[name] for name in sorted(entries)],
+    }
+
+
 def _choose_shards(shards, num_shards) -> tuple[list, list]:
     """One result per expected shard (a retried bundle may have left another); the rest."""
     by_key = collections.defaultdict(list)
@@ -121,7 +154,7 @@ def _choose_shards(shards, num_shards) -> tuple[list, list]:
     chosen, extra = [], []
     for split in sorted(num_shards):
         for index in range(num_shards[split]):
-            results = sorted(by_key.get((split, index), []), key=lambda s: s.temp_path)
+            results = sorted(by_key.get((split, index), []), key=lambda s: s.attempt)
             if not results:
                 raise RunFailed(f"shard {index} of split {split} was not written")
             chosen.append(results[0])
@@ -179,25 +212,26 @@ class _PublishFn(beam.DoFn):
                     f"{common}. Rejected records: {rejected_path}"
                 )
 
+        temps = [f.temp_path for s in chosen for f in s.files]
         finals = [
-            FileSystems.join(run_dir, "data", shard_name(s.split, s.index, s.num_shards, "parquet"))
+            FileSystems.join(run_dir, "data", shard_name(s.split, s.index, s.num_shards, f.format))
             for s in chosen
+            for f in s.files
         ]
-        data_dir = FileSystems.join(run_dir, "data")
-        if not FileSystems.exists(data_dir):
-            FileSystems.mkdirs(data_dir)
-        FileSystems.rename([s.temp_path for s in chosen], finals)
+        if temps:
+            data_dir = FileSystems.join(run_dir, "data")
+            if not FileSystems.exists(data_dir):
+                FileSystems.mkdirs(data_dir)
+            FileSystems.rename(temps, finals)
         _write_bytes(
             FileSystems.join(run_dir, "categories.parquet"),
             _categories_table(categories),
             "application/octet-stream",
         )
-        stats_bytes = (
-            json.dumps(stats_document(stats, categories, duplicates), indent=1, sort_keys=True)
-            + "\n"
-        ).encode()
-        _write_bytes(
-            FileSystems.join(run_dir, "stats", "stats.json"), stats_bytes, "application/json"
+        stats_entry = write_statistics(
+            FileSystems.join(run_dir, "stats"),
+            stats_document(stats, categories, duplicates),
+            title=f"coco-beam statistics: run {cfg.run_id}",
         )
         splits = {}
         for s in chosen:
@@ -222,22 +256,20 @@ class _PublishFn(beam.DoFn):
             "finished": _iso(time.time()),
             "shards": [
                 {
-                    "path": f"data/{shard_name(s.split, s.index, s.num_shards, 'parquet')}",
-                    "format": "parquet",
+                    "path": f"data/{shard_name(s.split, s.index, s.num_shards, f.format)}",
+                    "format": f.format,
                     "split": s.split,
                     "index": s.index,
                     "num_shards": s.num_shards,
                     "rows": s.num_rows,
-                    "bytes": s.num_bytes,
-                    "sha256": s.sha256,
+                    "bytes": f.num_bytes,
+                    "sha256": f.sha256,
                 }
                 for s in chosen
+                for f in s.files
             ],
             "splits": splits,
-            "stats": {
-                "path": "stats/stats.json",
-                "sha256": hashlib.sha256(stats_bytes).hexdigest(),
-            },
+            "stats": stats_entry,
             "counts": totals,
             "rejected_reasons": dict(sorted(reasons.items())),
             # Files in an images folder that no image record names: ignored, and counted.
@@ -257,7 +289,7 @@ class _PublishFn(beam.DoFn):
         _write_bytes(
             FileSystems.join(cfg.output, "LATEST"), (cfg.run_id + "\n").encode(), "text/plain"
         )
-        stale = [s.temp_path for s in extra]
+        stale = [f.temp_path for s in extra for f in s.files]
         if FileSystems.exists(cfg.temp_dir):
             stale.append(cfg.temp_dir)
         if stale:

@@ -1,0 +1,179 @@
+"""Statistics as tables (read back with DuckDB) and as a report (opened in headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.stats import STATS_TABLES
+from tests.conftest import REPO
+from tests.stats_docs import small_doc
+from transforms.report import PLOT_IDS, render_report
+from transforms.stats_tables import stats_tables
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("COCO_BEAM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _stats(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "stats", "stats.json")) as f:
+        return json.load(f)
+
+
+def test_build_writes_every_statistics_table_with_its_schema(synth_build):
+    run_dir, manifest = synth_build
+    listed = {f["path"] for f in manifest["stats"]["files"]}
+    for name, schema in STATS_TABLES.items():
+        path = os.path.join(run_dir, "stats", f"{name}.parquet")
+        assert f"stats/{name}.parquet" in listed
+        assert pq.read_schema(path).remove_metadata() == schema
+
+
+def test_duckdb_reads_the_tables_and_they_agree_with_stats_json(synth_build):
+    run_dir, _ = synth_build
+    doc = _stats(run_dir)
+    folder = os.path.join(run_dir, "stats")
+
+    con = duckdb.connect()
+
+    def q(sql):
+        return con.execute(
+            sql.replace("T(", f"read_parquet('{folder}/").replace(")!", ".parquet')")
+        )
+
+    summary = q("SELECT split, num_images, num_annotations, pixel_mean FROM T(summary)!").fetchall()
+    by_split = {row[0]: row for row in summary}
+    assert by_split[None][1:3] == (doc["num_images"], doc["num_annotations"])
+    assert by_split[None][3] == pytest.approx(doc["pixel_mean"])
+    for split, s in doc["splits"].items():
+        assert by_split[split][1:3] == (s["num_images"], s["num_annotations"])
+    # Per-category instances summed over the splits equal the overall figure.
+    rows = q(
+        "SELECT id, sum(num_instances) FILTER (WHERE split IS NOT NULL), "
+        "sum(num_instances) FILTER (WHERE split IS NULL) FROM T(categories)! GROUP BY id"
+    ).fetchall()
+    assert rows and all(per_split == overall for _, per_split, overall in rows)
+    assert sum(r[2] for r in rows) == doc["num_annotations"]
+    hist = q(
+        "SELECT sum(count) FROM T(histograms)! "
+        "WHERE split IS NULL AND histogram = 'objects_per_image'"
+    ).fetchone()[0]
+    assert hist == doc["num_images"]
+    centres = q("SELECT sum(count) FROM T(centre_heatmap)! WHERE split IS NULL").fetchone()[0]
+    assert centres == doc["num_annotations"]
+    pairs = q("SELECT category_a, category_b, num_images FROM T(cooccurrence)! WHERE split IS NULL")
+    assert sorted(list(r) for r in pairs.fetchall()) == doc["cooccurrence"]
+
+
+def test_tables_hold_duplicates_one_row_per_image():
+    doc = small_doc()
+    tables = stats_tables(doc)
+    dups = tables["duplicates"].to_pylist()
+    assert {(d["split"], d["image_id"], d["across_splits"]) for d in dups} == {
+        ("train", 1, True),
+        ("val", 9, True),
+        ("train", 4, False),
+        ("train", 5, False),
+    }
+
+
+def test_report_is_self_contained_and_deterministic():
+    doc = small_doc()
+    page = render_report(doc)
+    assert page == render_report(doc)
+    for plot_id in PLOT_IDS:
+        assert f"data-plot='{plot_id}'" in page
+    # Nothing to fetch: no external scripts, styles, images or fonts.
+    lowered = page.lower()
+    assert "<script src" not in lowered and "<link" not in lowered and "@import" not in lowered
+
+
+def _open_in_chromium(path: pathlib.Path, screenshot: pathlib.Path) -> dict:
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium")
+    seen = {"requests": [], "blocked": [], "errors": []}
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+
+            def route(r):
+                url = r.request.url
+                seen["requests"].append(url)
+                if url.startswith(("file://", "data:")):
+                    r.continue_()
+                else:
+                    seen["blocked"].append(url)
+                    r.abort()
+
+            page.route("**/*", route)
+            page.on(
+                "console",
+                lambda m: m.type in ("error", "warning") and seen["errors"].append(m.text),
+            )
+            page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+            page.goto(path.as_uri())
+            page.wait_for_function(
+                "n => document.querySelectorAll('.plotly-graph-div .main-svg').length >= n",
+                arg=len(PLOT_IDS),
+                timeout=60_000,
+            )
+            seen["plots"] = page.evaluate(
+                """() => Array.from(document.querySelectorAll('section.plot')).map(s => {
+                    const div = s.querySelector('.plotly-graph-div');
+                    const box = div.getBoundingClientRect();
+                    return {id: s.dataset.plot, width: box.width, height: box.height,
+                            svgs: div.querySelectorAll('.main-svg').length,
+                            marks: div.querySelectorAll(
+                                '.point, .bars path, .heatmaplayer image, .annotation').length};
+                })"""
+            )
+            seen["title"] = page.title()
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return seen
+
+
+def test_report_renders_every_plot_offline_in_chromium(synth_build):
+    run_dir, manifest = synth_build
+    report = pathlib.Path(run_dir) / manifest["stats"]["report"]
+    seen = _open_in_chromium(report, ARTIFACTS / "report.png")
+    assert seen["errors"] == []
+    assert seen["blocked"] == []
+    assert seen["requests"] == [report.as_uri()]
+    assert [p["id"] for p in seen["plots"]] == list(PLOT_IDS)
+    for plot in seen["plots"]:
+        assert plot["svgs"] >= 1 and plot["width"] > 300 and plot["height"] > 300, plot
+        assert plot["marks"] > 0, plot  # bars, points, a heatmap or a "no data" note
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def test_report_of_empty_families_says_so(tmp_path):
+    """A dataset without keypoints or captions still renders every plot, with a note."""
+    doc = small_doc()
+    path = tmp_path / "report.html"
+    path.write_text(render_report(doc))
+    seen = _open_in_chromium(path, ARTIFACTS / "report-small.png")
+    assert seen["errors"] == [] and seen["blocked"] == []
+    assert [p["id"] for p in seen["plots"]] == list(PLOT_IDS)
+    assert all(p["marks"] > 0 for p in seen["plots"]), seen["plots"]
+    assert "no keypoints in this dataset" in path.read_text()
