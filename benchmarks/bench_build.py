@@ -231,6 +231,11 @@ def main() -> None:
     )
     parser.add_argument("--json", default=os.path.join(DATA, "results.json"))
     parser.add_argument(
+        "--no-bare",
+        action="store_true",
+        help="skip the build without statistics (measured by default for their cost)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=2,
@@ -279,15 +284,19 @@ def main() -> None:
             out,
             *args.build_args,
         ]
-        loop_runs, build_runs = [], []
+        loop_runs, build_runs, bare_runs = [], [], []
         for _ in range(args.repeat):
             shutil.rmtree(out, ignore_errors=True)
             loop_runs.append(measure([sys.executable, __file__, "--loop-run", root, out]))
             shutil.rmtree(out, ignore_errors=True)
             build_runs.append(measure(build_cmd))
             shutil.rmtree(out, ignore_errors=True)
+            if not args.no_bare:
+                bare_runs.append(measure([*build_cmd, "--no-statistics"]))
+                shutil.rmtree(out, ignore_errors=True)
         loop_s, loop_mem = min(s for s, _ in loop_runs), max(m for _, m in loop_runs)
         build_s, build_mem = min(s for s, _ in build_runs), max(m for _, m in build_runs)
+        bare_s = min(s for s, _ in bare_runs) if bare_runs else None
         row = {
             "dataset": name,
             "images": n,
@@ -300,6 +309,9 @@ def main() -> None:
             "build_img_s_per_core": round(n / build_s / cores, 1),
             "build_peak_mb": round(build_mem / 2**20),
             "speedup": round(loop_s / build_s, 2),
+            # The same build without statistics: what the statistics cost.
+            "build_no_stats_s": round(bare_s, 1) if bare_s else None,
+            "stats_overhead_pct": round(100 * (build_s / bare_s - 1), 1) if bare_s else None,
         }
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -307,13 +319,15 @@ def main() -> None:
         json.dump(results, f, indent=2)
     print(
         "\n| data | images | loop img/s | build img/s | per core | speedup | loop peak MB |"
-        " build peak MB |\n|---|---|---|---|---|---|---|---|"
+        " build peak MB | build s | without statistics s | statistics cost |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         print(
             f"| {r['dataset']} | {r['images']:,} | {r['loop_img_s']} | {r['build_img_s']} | "
             f"{r['build_img_s_per_core']} | {r['speedup']}x | {r['loop_peak_mb']} | "
-            f"{r['build_peak_mb']} |"
+            f"{r['build_peak_mb']} | {r['build_s']} | {r['build_no_stats_s']} | "
+            f"{r['stats_overhead_pct']}% |"
         )
 
 

@@ -3,7 +3,7 @@
 Composition only; every step is a transform of ``transforms/``::
 
     ReadCocoAnnotations -> JoinAnnotationsToImages -> RasterizeMasks -> AssignShards
-        -> WriteParquetShards (the only stage that reads image bytes; it also gathers the
+        -> WriteShards (the only stage that reads image bytes; it also gathers the
            statistics from the same decode) -> GatherStatistics -> PublishRun
 
 Image bytes never cross a shuffle: ids, paths, annotations and masks are grouped, and the
@@ -31,11 +31,11 @@ from pipelines.layout import find_sources
 from pipelines.options import BuildOptions
 from transforms.assign_shards import AssignShards
 from transforms.join import JoinAnnotationsToImages
-from transforms.parquet_shards import DIGESTS, STATS, ShardWriterConfig, WriteParquetShards
 from transforms.publish import PublishConfig, PublishRun
 from transforms.rasterize import RasterizeMasks
 from transforms.read_annotations import ReadCocoAnnotations
 from transforms.stats import GatherStatistics
+from transforms.write_shards import DIGESTS, STATS, ShardWriterConfig, WriteShards
 
 __all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
 
@@ -96,8 +96,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         max_pixels=options.max_pixels,
         progress_dir=options.progress_dir,
         formats=tuple(options.formats),
+        statistics=options.statistics,
+        tfrecord_masks=options.tfrecord_masks,
     )
-    written = assigned["keyed"] | "WriteParquetShards" >> WriteParquetShards(
+    written = assigned["keyed"] | "WriteShards" >> WriteShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
     )
     gathered = (written[STATS], written[DIGESTS]) | "GatherStatistics" >> GatherStatistics()
@@ -120,6 +122,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         "max_rejected_fraction": options.max_rejected_fraction,
         "compression": writer_config.compression,
         "formats": list(options.formats),
+        "statistics": options.statistics,
+        "tfrecord_masks": options.tfrecord_masks,
     }
     publish_config = PublishConfig(
         output=plan.output,
@@ -130,6 +134,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         sources=[dataclasses.asdict(s) for s in plan.sources]
         + [{"path": p, "ignored": True} for p in plan.ignored],
         started=plan.started,
+        statistics=options.statistics,
     )
     return pipeline | "PublishRun" >> PublishRun(
         publish_config,
@@ -192,6 +197,8 @@ def run(argv=None, test_pipeline=None, *, statistics_only=False):
     FileSystems.set_options(options)
     build_options = options.view_as(BuildOptions)
     if statistics_only:
+        if not build_options.statistics:
+            raise ValueError("--no-statistics leaves coco-beam stats nothing to do")
         build_options.formats = []
     plan = plan_build(build_options)
     if test_pipeline is not None:

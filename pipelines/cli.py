@@ -80,7 +80,9 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
         f"{counts['annotation']['read']:,}",
         f"  captions     {counts['caption']['written']:>10,} written of "
         f"{counts['caption']['read']:,}",
-        f"  shards       {len(manifest['shards']):>10,} ({total_bytes / 1e6:,.1f} MB)"
+        f"  shards       {len({(s['split'], s['index']) for s in manifest['shards']}):>10,} "
+        f"({', '.join(sorted({s['format'] for s in manifest['shards']}))}; "
+        f"{total_bytes / 1e6:,.1f} MB)"
         if manifest["shards"]
         else "  shards       none (statistics only)",
         f"  rejected     {rejected:>10,}"
@@ -90,8 +92,9 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
             else ""
         ),
         f"  seconds      {seconds:>10,.1f}",
-        f"  report       {run_dir}/{manifest['stats']['report']}",
     ]
+    if manifest["stats"]:
+        lines.append(f"  report       {run_dir}/{manifest['stats']['report']}")
     return "\n".join(lines)
 
 

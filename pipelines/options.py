@@ -10,8 +10,8 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.parquet_shards import FORMATS
 from transforms.sharding import DEFAULT_SHARD_BYTES
+from transforms.write_shards import FORMATS
 
 __all__ = ["BuildOptions", "DEFAULT_MAX_REJECTED_FRACTION"]
 
@@ -84,7 +84,23 @@ class BuildOptions(PipelineOptions):
             dest="formats",
             type=_formats,
             default=["parquet"],
-            help=f"Comma-separated shard formats, of {', '.join(FORMATS)} (default parquet).",
+            help=f"Comma-separated shard formats, of {', '.join(FORMATS)} (default parquet); "
+            "several are written in one pass, with the same images in the same shards.",
+        )
+        group.add_argument(
+            "--tfrecord-masks",
+            dest="tfrecord_masks",
+            action="store_true",
+            default=False,
+            help="TFRecord: one PNG mask per instance in image/object/mask (off by default: "
+            "masks dominate the size).",
+        )
+        group.add_argument(
+            "--no-statistics",
+            dest="statistics",
+            action="store_false",
+            default=True,
+            help="Write shards only: no stats/ folder (saves the pixel count of every image).",
         )
         group.add_argument(
             "--num-shards",

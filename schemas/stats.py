@@ -25,6 +25,7 @@ STATS_TABLES: dict[str, pa.Schema] = {
             pa.field("num_captions", pa.int64(), nullable=False),
             pa.field("num_images_without_annotations", pa.int64(), nullable=False),
             pa.field("num_zero_size_boxes", pa.int64(), nullable=False),
+            pa.field("num_boxes_outside_image", pa.int64(), nullable=False),
             pa.field("num_pixels", pa.int64(), nullable=False),
             pa.field("people_with_keypoints", pa.int64(), nullable=False),
             # RGB, 0-255, over every pixel of every written image; null without images.

@@ -277,3 +277,16 @@ def test_coco_tiny_stats_equal_pycocotools_and_pillow(tmp_path):
     assert stats["pixel_mean"] == mean
     assert stats["pixel_std"] == pytest.approx(std, rel=1e-12)
     assert stats["num_pixels"] == pixels
+
+
+def test_no_statistics_writes_the_same_shards_and_no_stats(synth_root, synth_build, tmp_path):
+    from tests.conftest import run_build, shard_files
+
+    run_dir, manifest = synth_build
+    bare_dir, bare = run_build(
+        f"--coco-root={synth_root}", f"--output={tmp_path}", "--num-shards=2", "--no-statistics"
+    )
+    assert bare["stats"] is None and not os.path.exists(os.path.join(bare_dir, "stats"))
+    assert bare["settings"]["statistics"] is False
+    assert [s["sha256"] for s in bare["shards"]] == [s["sha256"] for s in manifest["shards"]]
+    assert len(shard_files(bare_dir)) == len(shard_files(run_dir))

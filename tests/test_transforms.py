@@ -12,7 +12,6 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.records import AnnotationSource, ImagePlan, PlanBatch, Reason
 from transforms.assign_shards import AssignShards
 from transforms.join import JoinAnnotationsToImages, _JoinBucketFn
-from transforms.parquet_shards import ShardWriterConfig, _WriteShardFn
 from transforms.publish import PublishConfig, _PublishFn
 from transforms.rasterize import RasterizeMasks, _RasterizeFn
 from transforms.read_annotations import (
@@ -24,6 +23,7 @@ from transforms.read_annotations import (
 )
 from transforms.runtime import unpack
 from transforms.sharding import shard_index
+from transforms.write_shards import ShardWriterConfig, _WriteShardFn
 
 OPTIONS = ["--runtime_type_check"]
 

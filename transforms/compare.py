@@ -16,6 +16,7 @@ _HEADLINE = (
     "num_captions",
     "num_images_without_annotations",
     "num_zero_size_boxes",
+    "num_boxes_outside_image",
     "num_pixels",
 )
 _CATEGORY = (

@@ -77,7 +77,7 @@ def is_not_found(exc: BaseException) -> bool:
     return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
 
 
-def _decode(data: bytes, max_pixels: int):
+def _decode(data: bytes, max_pixels: int, histogram: bool):
     """Opens with the allowlist, checks the header, decodes every pixel once."""
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
@@ -101,7 +101,7 @@ def _decode(data: bytes, max_pixels: int):
             image.mode,
             image.size,
             image.getexif().get(_EXIF_ORIENTATION),
-            rgb_histogram(image),
+            rgb_histogram(image) if histogram else None,
         )
 
 
@@ -115,9 +115,15 @@ def rgb_histogram(image: Image.Image) -> np.ndarray:
 
 
 def inspect_image(
-    data: bytes, width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    width: int,
+    height: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    histogram: bool = True,
 ) -> ImageFacts:
-    """Decodes ``data`` once and checks it against the JSON's ``width`` and ``height``.
+    """Decodes ``data`` once and checks it against the JSON's ``width`` and ``height``;
+    ``histogram``: also count its pixels (``pixel_histogram`` is None otherwise).
 
     Raises ``RecordError`` with one of image_corrupt, image_truncated, image_too_large,
     format_not_allowed, unsupported_mode, dims_mismatch.
@@ -128,7 +134,7 @@ def inspect_image(
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            fmt, mode, size, orientation, histogram = _decode(data, max_pixels)
+            fmt, mode, size, orientation, histogram = _decode(data, max_pixels, histogram)
         except RecordError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:

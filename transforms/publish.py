@@ -59,6 +59,7 @@ class PublishConfig:
     settings: dict
     sources: list
     started: float
+    statistics: bool = True  # write stats/ (off: the manifest's "stats" is null)
 
     def __post_init__(self):
         if not 0.0 <= self.max_rejected_fraction <= 1.0:
@@ -228,11 +229,13 @@ class _PublishFn(beam.DoFn):
             _categories_table(categories),
             "application/octet-stream",
         )
-        stats_entry = write_statistics(
-            FileSystems.join(run_dir, "stats"),
-            stats_document(stats, categories, duplicates),
-            title=f"coco-beam statistics: run {cfg.run_id}",
-        )
+        stats_entry = None
+        if cfg.statistics:
+            stats_entry = write_statistics(
+                FileSystems.join(run_dir, "stats"),
+                stats_document(stats, categories, duplicates),
+                title=f"coco-beam statistics: run {cfg.run_id}",
+            )
         splits = {}
         for s in chosen:
             entry = splits.setdefault(

@@ -355,6 +355,7 @@ _HEADLINE = (
     ("num_captions", "captions"),
     ("num_images_without_annotations", "images without objects"),
     ("num_zero_size_boxes", "zero-size boxes"),
+    ("num_boxes_outside_image", "boxes past the edge"),
     ("pixel_mean", "pixel mean (R / G / B)"),
     ("pixel_std", "pixel std (R / G / B)"),
 )

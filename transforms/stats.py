@@ -153,6 +153,8 @@ def _add_annotation(acc: collections.Counter, ann: dict, width: int, height: int
         acc["h", "mask_to_bbox_area", _bin(mask_area / box, 0.05)] += 1
     else:
         acc["n", "zero_size_boxes"] += 1
+    if "bbox_outside_image" in ann.get("flags", ()):
+        acc["n", "boxes_outside_image"] += 1
     acc["h", "bbox_relative_size", _bin(math.sqrt(max(box, 0) / (width * height)), 0.01)] += 1
     cx = min(max((x + w / 2) / width, 0.0), 1.0)
     cy = min(max((y + h / 2) / height, 0.0), 1.0)
@@ -247,6 +249,7 @@ def summarize(acc: collections.Counter, categories: dict[int, dict]) -> dict:
         "num_captions": acc["n", "captions"],
         "num_images_without_annotations": acc["n", "images_without_annotations"],
         "num_zero_size_boxes": acc["n", "zero_size_boxes"],
+        "num_boxes_outside_image": acc["n", "boxes_outside_image"],
         "num_pixels": acc["n", "pixels"],
         "pixel_mean": means,
         "pixel_std": stds,

@@ -39,6 +39,7 @@ def stats_tables(doc: dict) -> dict[str, pa.Table]:
                         "num_captions",
                         "num_images_without_annotations",
                         "num_zero_size_boxes",
+                        "num_boxes_outside_image",
                         "num_pixels",
                     )
                 },

@@ -1,12 +1,14 @@
-"""``WriteParquetShards``: read, check and decode each image once, and write deterministic shards.
+"""``WriteShards``: read, check and decode each image once, and write deterministic shards.
 
 This is the one stage that touches image bytes, and it runs after the last shuffle: it takes a
 shard's ``ImagePlan``s (ids, paths, annotations and masks), reads each image's bytes through
-Beam's filesystems, decodes and checks them, and writes the rows. Reads and decodes run on a
+Beam's filesystems, decodes and checks them, and writes the same rows to every format asked
+for (Parquet: ``transforms.parquet_file``; TFRecord: ``transforms.tfrecord_file``), so both
+formats hold the same images in the same shards in the same order. Reads and decodes run on a
 small thread pool, ahead of the writer and in order: Pillow decodes and hashlib hashes without
 the GIL, and on an object store the pool hides each read's latency.
 
-Guarantees: rows are ordered by ``image_id``; row groups are bounded by bytes; the same plans
+Guarantees: rows are ordered by ``image_id``; the same plans
 and settings give the same bytes, whatever the runner, workers or bundles. Each shard is first
 written under a unique temporary name; ``PublishRun`` renames it, so a retried bundle never
 leaves a duplicate. An image that cannot be read or decoded goes to ``rejected`` with a reason,
@@ -25,50 +27,36 @@ from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import parquet as contract
-from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardFile, ShardResult
+from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
+from transforms.parquet_file import ParquetFile
 from transforms.progress import ProgressReporter
 from transforms.runtime import pack, relax_gc, unpack
 from transforms.sharding import shard_name
 from transforms.stats import add_image, add_pixels
+from transforms.tfrecord_file import TFRecordFile
 
 __all__ = [
     "DIGESTS",
     "FORMATS",
     "STATS",
     "ShardWriterConfig",
-    "WriteParquetShards",
-    "build_row",
+    "WriteShards",
     "load_image",
 ]
 
-FORMATS = ("parquet",)
+FORMATS = ("parquet", "tfrecord")
 
 # Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats``), and
 # ``(sha256 prefix, packed [(sha256, split, image_id), ...])`` to find identical images.
 STATS = "stats"
 DIGESTS = "digests"
-
-# Statistics only on small scalar columns: min/max of image bytes would put two images in the
-# footer of every row group.
-_STATISTICS_COLUMNS = [
-    "image_id",
-    "split",
-    "file_name",
-    "width",
-    "height",
-    "sha256",
-    "num_objects",
-    "has_crowd",
-]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +76,10 @@ class ShardWriterConfig:
     progress_dir: str | None = None
     # Files written per shard; none computes statistics only (``coco-beam stats``).
     formats: tuple = ("parquet",)
+    # TFRecord: one PNG mask per instance in ``image/object/mask`` (off: they dominate the size).
+    tfrecord_masks: bool = False
+    # Off: no statistics are gathered (no pixel histograms, no accumulators, no digests).
+    statistics: bool = True
 
     def __post_init__(self):
         unknown = set(self.formats) - set(FORMATS)
@@ -102,7 +94,7 @@ class ShardWriterConfig:
 
 
 def load_image(
-    plan: ImagePlan, max_pixels: int, filesystem=None
+    plan: ImagePlan, max_pixels: int, filesystem=None, histogram: bool = True
 ) -> tuple[bytes, ImageFacts] | Rejection:
     """Reads and decodes one image. Permanent faults come back as a ``Rejection``; transient
     storage errors are raised. ``filesystem``: the Beam filesystem of ``plan.path``, if the
@@ -124,7 +116,10 @@ def load_image(
             plan.split,
         )
     try:
-        return data, inspect_image(data, plan.width, plan.height, max_pixels=max_pixels)
+        facts = inspect_image(
+            data, plan.width, plan.height, max_pixels=max_pixels, histogram=histogram
+        )
+        return data, facts
     except RecordError as exc:
         return Rejection(
             "image",
@@ -136,64 +131,6 @@ def load_image(
             plan.split,
             hashlib.sha256(data).hexdigest(),
         )
-
-
-def build_row(plan: ImagePlan, data: bytes, facts: ImageFacts) -> dict:
-    """The Parquet row of one image (see ``schemas.parquet.IMAGE_ROW``)."""
-    annotations = [
-        {
-            "id": ann["id"],
-            "category_id": ann["category_id"],
-            "bbox": ann["bbox"],
-            "area": ann["area"],
-            "iscrowd": ann["iscrowd"],
-            "rle": ann["rle"],
-            "keypoints": ann["keypoints"],
-            "num_keypoints": ann["num_keypoints"],
-            "flags": ann["flags"],
-        }
-        for ann in plan.annotations
-    ]
-    return {
-        "image_id": plan.image_id,
-        "split": plan.split,
-        "file_name": plan.file_name,
-        "width": plan.width,
-        "height": plan.height,
-        "image": {"bytes": data, "path": plan.file_name},
-        "sha256": facts.sha256,
-        "format": facts.format,
-        "mode": facts.mode,
-        "exif_orientation": facts.exif_orientation,
-        "annotations": annotations,
-        "captions": plan.captions,
-        "num_objects": len(annotations),
-        "category_ids": sorted({ann["category_id"] for ann in annotations}),
-        "has_crowd": any(ann["iscrowd"] for ann in annotations),
-        "flags": sorted(set(plan.flags) | set(facts.flags)),
-    }
-
-
-class _HashingStream:
-    """A write-only stream that hashes and counts what passes through it."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-        self.num_bytes = 0
-        self.closed = False
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.num_bytes += len(data)
-        self._raw.write(data)
-        return len(data)
-
-    def flush(self):
-        self._raw.flush()
-
-    def close(self):
-        self.closed = True
 
 
 def _in_order(pool, fn, items, window):
@@ -234,19 +171,29 @@ class _WriteShardFn(beam.DoFn):
             self._filesystems[scheme] = FileSystems.get_filesystem(path)
         return self._filesystems[scheme]
 
+    def _open(self, fmt: str, temp_path: str, categories: dict):
+        if fmt == "parquet":
+            cats = sorted(categories.values(), key=lambda c: c["id"])
+            return ParquetFile(
+                temp_path,
+                contract.arrow_schema(cats),
+                compression=self._config.compression,
+                row_group_bytes=self._config.row_group_bytes,
+            )
+        return TFRecordFile(temp_path, categories, masks=self._config.tfrecord_masks)
+
     def process(self, element, num_shards, categories):
         (split, index), batches = element
         n = num_shards[split]
         plans = sorted((p for packed in batches for p in unpack(packed)), key=lambda p: p.image_id)
-        cats = sorted(categories.get(split, {}).values(), key=lambda c: c["id"])
         attempt = uuid.uuid4().hex
         files = [
-            _ParquetFile(
+            self._open(
+                fmt,
                 FileSystems.join(
                     self._config.temp_dir, f"{shard_name(split, index, n, fmt)}.{attempt}"
                 ),
-                contract.arrow_schema(cats),
-                self._config,
+                categories.get(split, {}),
             )
             for fmt in self._config.formats
         ]
@@ -259,8 +206,12 @@ class _WriteShardFn(beam.DoFn):
         num_rows = 0
         window = 2 * self._config.io_threads + 2
         filesystem = self._filesystem(plans[0].path) if plans else None
+        statistics = self._config.statistics
         load = functools.partial(
-            load_image, max_pixels=self._config.max_pixels, filesystem=filesystem
+            load_image,
+            max_pixels=self._config.max_pixels,
+            filesystem=filesystem,
+            histogram=statistics,
         )
         for plan, loaded in _in_order(self._pool, load, plans, window):
             self._progress.add(1)
@@ -276,6 +227,11 @@ class _WriteShardFn(beam.DoFn):
             for f in files:
                 f.add(plan, data, facts)
             num_rows += 1
+            written["image"] += 1
+            written["annotation"] += len(plan.annotations)
+            written["caption"] += len(plan.captions)
+            if not statistics:
+                continue
             add_image(
                 stats,
                 width=plan.width,
@@ -289,87 +245,16 @@ class _WriteShardFn(beam.DoFn):
             )
             pixels += facts.pixel_histogram
             digests.setdefault(facts.sha256[:2], []).append((facts.sha256, split, plan.image_id))
-            written["image"] += 1
-            written["annotation"] += len(plan.annotations)
-            written["caption"] += len(plan.captions)
         results = tuple(f.close() for f in files)
         self._progress.flush()
         self._shards.inc()
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)
-        yield beam.pvalue.TaggedOutput(STATS, (split, add_pixels(stats, pixels)))
+        if statistics:
+            yield beam.pvalue.TaggedOutput(STATS, (split, add_pixels(stats, pixels)))
         for prefix in sorted(digests):
             yield beam.pvalue.TaggedOutput(DIGESTS, (prefix, pack(digests[prefix])))
         yield ShardResult(split, index, n, results, num_rows, dict(written), found, attempt)
-
-
-class _ParquetFile:
-    """One Parquet shard being written: rows in, a ``ShardFile`` out."""
-
-    def __init__(self, temp_path: str, schema: pa.Schema, config: ShardWriterConfig):
-        self._temp_path = temp_path
-        self._raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
-        self._stream = _HashingStream(self._raw)
-        self._writer = pq.ParquetWriter(
-            self._stream,
-            schema,
-            compression=contract.column_codecs(config.compression),
-            use_dictionary=["split", "format", "mode"],
-            write_statistics=_STATISTICS_COLUMNS,
-            sorting_columns=[pq.SortingColumn(0)],
-        )
-        self._groups = _RowGroups(self._writer, schema, config.row_group_bytes)
-
-    def add(self, plan: ImagePlan, data: bytes, facts: ImageFacts) -> None:
-        self._groups.add(build_row(plan, data, facts), len(data))
-
-    def close(self) -> ShardFile:
-        self._groups.flush()
-        self._writer.close()
-        self._raw.close()
-        return ShardFile(
-            "parquet", self._temp_path, self._stream.num_bytes, self._stream.sha256.hexdigest()
-        )
-
-
-class _RowGroups:
-    """Buffers rows into row groups of at most ``max_bytes`` of image data.
-
-    Rows become Arrow a few at a time rather than a whole row group in one call: the conversion
-    holds the GIL, and the threads decoding ahead need it between their GIL-free decode calls.
-    """
-
-    # Measured: converting 16 rows at a time instead of ~500 cut the writer's time per image
-    # by a fifth with two decode threads.
-    _ARROW_BATCH_ROWS = 16
-
-    def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema, max_bytes: int):
-        self._writer, self._schema, self._max_bytes = writer, schema, max_bytes
-        self._rows: list[dict] = []
-        self._batches: list[pa.RecordBatch] = []
-        self._bytes = 0
-        self.num_rows = 0
-
-    def add(self, row: dict, num_bytes: int) -> None:
-        self._rows.append(row)
-        self._bytes += num_bytes
-        if len(self._rows) >= self._ARROW_BATCH_ROWS:
-            self._convert()
-        if self._bytes >= self._max_bytes:
-            self.flush()
-
-    def _convert(self) -> None:
-        if self._rows:
-            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self._schema))
-            self._rows = []
-
-    def flush(self) -> None:
-        self._convert()
-        if self._batches:
-            table = pa.Table.from_batches(self._batches, schema=self._schema)
-            self._writer.write_table(table, row_group_size=table.num_rows)
-            self.num_rows += table.num_rows
-        self._batches, self._bytes = [], 0
 
 
 def _dependents(plan: ImagePlan) -> list[Rejection]:
@@ -389,12 +274,13 @@ def _dependents(plan: ImagePlan) -> list[Rejection]:
     ]
 
 
-class WriteParquetShards(beam.PTransform):
+class WriteShards(beam.PTransform):
     """Takes ``((split, shard_index), packed [plan, ...])`` from ``AssignShards``, with the
     ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes
-    each shard under a temporary name. Returns ``ShardResult``s (main), ``rejected`` images
-    with their dependents, and per shard its ``stats`` accumulator and ``digests``, gathered
-    from the same decode as the rows (the data is read once for shards and statistics)."""
+    each shard under a temporary name, once per format of the config. Returns
+    ``ShardResult``s (main), ``rejected`` images with their dependents, and per shard its
+    ``stats`` accumulator and ``digests``, gathered from the same decode as the rows (the data
+    is read once for shards, every format and statistics)."""
 
     def __init__(self, config: ShardWriterConfig, *, num_shards, categories):
         super().__init__()
