@@ -33,6 +33,7 @@ test: lint $(CHROMIUM)
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_tfrecord.py
 
 clean:
 	rm -rf $(VENV) demo bench-data test-artifacts

@@ -198,7 +198,15 @@ def test_explicit_annotation_files(synth_root, tmp_path):
     assert all(r["captions"] == [] and r["split"] == "val2017" for r in rows)
 
 
-@pytest.mark.parametrize("flag", ["--num-shards=0", "--max-rejected-fraction=2"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--num-shards=0",
+        "--max-rejected-fraction=2",
+        "--formats=parquet,csv",
+        "--formats=parquet,parquet",
+    ],
+)
 def test_bad_options_fail_before_running(flag, synth_root, tmp_path):
     with pytest.raises(SystemExit):
         run_build(f"--coco-root={synth_root}", f"--output={tmp_path}", flag)

@@ -12,6 +12,8 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -20,7 +22,7 @@ from schemas.fields import Struct, Value
 from schemas.parquet import IMAGE_ROW
 from schemas.tf_example import FEATURES, Example, check_against_parquet
 from tests.conftest import run_build
-from transforms.tfrecord_file import mask_png
+from transforms.tfrecord_file import mask_png, mask_rows
 
 tf = pytest.importorskip("tensorflow", reason="TensorFlow (a test dependency) is not installed")
 
@@ -266,3 +268,24 @@ def test_edge_boxes_are_kept_flagged_and_counted(synth_root, tmp_path):
         stats = json.load(f)
     assert stats["splits"]["val2017"]["num_zero_size_boxes"] >= 1
     assert stats["splits"]["val2017"]["num_boxes_outside_image"] >= 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    density=st.sampled_from([0.0, 0.05, 0.5, 0.95, 1.0]),
+)
+def test_mask_rows_equal_pycocotools_decode(h, w, seed, density):
+    mask = (np.random.default_rng(seed).random((h, w)) < density).astype(np.uint8)
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rows = mask_rows({"size": [h, w], "counts": rle["counts"].decode()})
+    assert rows.shape == (h, w + 1) and not rows[:, 0].any()
+    np.testing.assert_array_equal(rows[:, 1:], mask_utils.decode(rle))
+
+
+def test_rle_counts_reject_a_short_mask():
+    rle = mask_utils.encode(np.asfortranarray(np.ones((4, 4), np.uint8)))
+    with pytest.raises(ValueError, match="do not cover"):
+        mask_rows({"size": [5, 4], "counts": rle["counts"].decode()})

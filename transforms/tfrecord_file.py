@@ -29,13 +29,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from isal import isal_zlib
-from pycocotools import mask as mask_utils
 
 from schemas.records import ImagePlan, ShardFile
 from schemas.tf_example import Example
 from transforms.images import ImageFacts
 
-__all__ = ["TFRecordFile", "build_example", "mask_png"]
+__all__ = ["TFRecordFile", "build_example", "mask_png", "mask_rows", "rle_counts"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # ISA-L's deflate at level 1: a 640x480 mask in about 40 us, smaller than zlib's level 6 on
@@ -47,20 +46,67 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def mask_png(rle: dict) -> bytes:
-    """The instance mask of a COCO compressed RLE as an 8-bit grey PNG with values 0 and 1.
+def rle_counts(counts: bytes) -> list[int]:
+    """The run lengths of a COCO compressed RLE string, decoded as pycocotools' ``rleFrString``
+    does (6-bit groups, sign-extended; from the third run on, relative to two runs before)."""
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = c & 0x20
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
 
-    Written directly (IHDR, one IDAT of unfiltered rows, IEND): the mask is already in memory
-    as bytes, and generic PNG encoders spend most of their time choosing row filters."""
+
+def mask_rows(rle: dict) -> np.ndarray:
+    """The mask of a COCO compressed RLE as PNG scanlines: ``(h, w + 1)`` uint8, column 0 the
+    filter type (0: none) of each row, then the mask's 0/1 values.
+
+    Only the columns between the first and the last foreground pixel are expanded from the
+    runs (most COCO instances cover a small part of the image); the rest stays zero. Equal to
+    pycocotools' ``decode`` (tested), at about a third of the cost of decoding the whole image
+    and transposing it from column-major."""
     height, width = rle["size"]
-    mask = mask_utils.decode({"size": [height, width], "counts": rle["counts"].encode()})
-    rows = np.zeros((height, width + 1), np.uint8)  # column 0: filter type 0 (none) per row
-    rows[:, 1:] = mask
+    rows = np.zeros((height, width + 1), np.uint8)
+    counts = np.array(rle_counts(rle["counts"].encode()), np.int64)
+    if counts.sum() != height * width or (counts < 0).any():
+        raise ValueError(f"RLE counts do not cover a {height}x{width} mask")
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    on_starts, on_ends = starts[1::2], ends[1::2]  # runs alternate: 0s first, then 1s
+    filled = np.nonzero(on_ends > on_starts)[0]
+    if len(filled):
+        first = int(on_starts[filled[0]]) // height
+        last = (int(on_ends[filled[-1]]) - 1) // height + 1
+        lo, hi = first * height, last * height
+        lengths = np.clip(ends, lo, hi) - np.clip(starts, lo, hi)
+        values = np.zeros(len(counts), np.uint8)
+        values[1::2] = 1
+        window = np.repeat(values, lengths).reshape(last - first, height)
+        rows[:, 1 + first : 1 + last] = window.T
+    return rows
+
+
+def mask_png(rle: dict) -> bytes:
+    """The instance mask of a COCO compressed RLE as an 8-bit grey PNG with values 0 and 1:
+    IHDR, one IDAT of unfiltered rows, IEND. Written directly: generic PNG encoders spend
+    most of their time choosing row filters for what is two values in long runs."""
+    height, width = rle["size"]
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
     return (
         _PNG_SIGNATURE
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", isal_zlib.compress(rows.tobytes(), _DEFLATE_LEVEL))
+        + _png_chunk(b"IDAT", isal_zlib.compress(mask_rows(rle), _DEFLATE_LEVEL))
         + _png_chunk(b"IEND", b"")
     )
 
