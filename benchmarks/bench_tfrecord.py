@@ -8,7 +8,7 @@ whole process tree. Model Garden's ``official/vision/data/create_coco_tf_record.
 because it pins its own TensorFlow) runs with ``--num_processes=2``; the build runs with its
 defaults (one worker process per core). Both write the same number of shards.
 
-Usage: python benchmarks/bench_tfrecord.py [--images 3000] [--repeat 2]
+Usage: python benchmarks/bench_tfrecord.py [--images 3000 12000] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -76,19 +76,19 @@ def ensure_model_garden() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--images", type=int, nargs="+", default=[3000, 12000])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--num-shards", type=int, default=4)
     parser.add_argument("--json", default=os.path.join(DATA, "results-tfrecord.json"))
     args = parser.parse_args()
     if not os.path.isdir(COCO_TINY):
         sys.exit(f"no {COCO_TINY}: this benchmark runs on real COCO images")
-    root = os.path.join(DATA, f"coco-tiny-{args.images}")
-    n = gather_tiny(root, args.images)
     python = ensure_model_garden()
     out = os.path.join(DATA, "out-tfrecord")
     rows = []
-    for masks in (False, True):
+    for size, masks in ((size, masks) for size in args.images for masks in (False, True)):
+        root = os.path.join(DATA, f"coco-tiny-{size}")
+        n = gather_tiny(root, size)
         garden = [
             python,
             "-m",

@@ -98,6 +98,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         formats=tuple(options.formats),
         statistics=options.statistics,
         tfrecord_masks=options.tfrecord_masks,
+        panoptic_semantic=options.panoptic_semantic,
     )
     written = assigned["keyed"] | "WriteShards" >> WriteShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
@@ -124,6 +125,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         "formats": list(options.formats),
         "statistics": options.statistics,
         "tfrecord_masks": options.tfrecord_masks,
+        "panoptic_semantic": options.panoptic_semantic,
     }
     publish_config = PublishConfig(
         output=plan.output,

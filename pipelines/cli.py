@@ -80,6 +80,14 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
         f"{counts['annotation']['read']:,}",
         f"  captions     {counts['caption']['written']:>10,} written of "
         f"{counts['caption']['read']:,}",
+        *(
+            [
+                f"  panoptic     {counts['panoptic']['written']:>10,} written of "
+                f"{counts['panoptic']['read']:,}"
+            ]
+            if counts.get("panoptic", {}).get("read")
+            else []
+        ),
         f"  shards       {len({(s['split'], s['index']) for s in manifest['shards']}):>10,} "
         f"({', '.join(sorted({s['format'] for s in manifest['shards']}))}; "
         f"{total_bytes / 1e6:,.1f} MB)"
@@ -236,9 +244,12 @@ def _synth(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="Root folder of the dataset.")
     parser.add_argument("--images", type=int, required=True, help="Number of images.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-panoptic", dest="panoptic", action="store_false", help="Leave out panoptic files."
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    splits = synthesize(args.output, args.images, args.seed)
+    splits = synthesize(args.output, args.images, args.seed, panoptic=args.panoptic)
     print(
         f"wrote {sum(splits.values())} images ({', '.join(f'{k}: {v}' for k, v in splits.items())})"
         f" to {args.output} in {time.monotonic() - started:.1f} s"

@@ -2,7 +2,9 @@
 
 COCO's official layout: ``ROOT/annotations/<family>_<split>.json`` and ``ROOT/<split>/``
 (test-dev's images are in the test folder).
-Files of families this version does not read (``panoptic_*``) are listed as ignored.
+Panoptic files (``panoptic_<split>.json``) name PNGs in ``ROOT/annotations/panoptic_<split>/``,
+as COCO's archive unpacks; named explicitly, in the folder beside the file with its stem's name.
+Other files in ``annotations/`` are listed as ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from schemas.records import AnnotationSource, parse_annotation_file_name
 
 __all__ = ["LayoutError", "find_sources", "images_folder"]
 
-_COCO_PREFIXES = ("instances_", "person_keypoints_", "captions_", "image_info_")
+_COCO_PREFIXES = ("instances_", "person_keypoints_", "captions_", "image_info_", "panoptic_")
 
 
 class LayoutError(ValueError):
@@ -72,7 +74,10 @@ def images_folder(split: str) -> str:
 
 
 def _source(path, family, split, images_dir, size_bytes) -> AnnotationSource:
+    masks_dir = path[: -len(".json")] if family == "panoptic" else ""
+    if masks_dir and not _has_files(masks_dir):
+        raise LayoutError(f"no panoptic PNGs under {masks_dir} (the folder beside {path})")
     try:
-        return AnnotationSource(path, family, split, images_dir, size_bytes)
+        return AnnotationSource(path, family, split, images_dir, size_bytes, masks_dir)
     except ValueError as exc:
         raise LayoutError(str(exc)) from exc

@@ -96,6 +96,14 @@ class BuildOptions(PipelineOptions):
             "masks dominate the size).",
         )
         group.add_argument(
+            "--panoptic-semantic",
+            dest="panoptic_semantic",
+            action="store_true",
+            default=False,
+            help="Parquet: add each panoptic record's semantic label map (a PNG of category "
+            "ids) as panoptic.semantic_png.",
+        )
+        group.add_argument(
             "--no-statistics",
             dest="statistics",
             action="store_false",

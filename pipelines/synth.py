@@ -2,8 +2,9 @@
 
 Genuine JPEG files with photo-like texture (so decoding costs what a photo costs), of varied
 sizes, some grayscale; instances as polygons with several rings, crowds as uncompressed RLE,
-person keypoints (17 joints, same ids as the person instances), five captions per image, some
-images without annotations, and a test split with image info only. The same seed gives the
+person keypoints (17 joints, same ids as the person instances), five captions per image,
+panoptic PNGs and segments (stuff bands under the instances, a void border), some images
+without annotations, and a test split with image info only. The same seed gives the
 same files, byte for byte; images are encoded on every core.
 """
 
@@ -212,6 +213,76 @@ def _render(task) -> None:
         f.write(buf.getvalue())
 
 
+# A few of COCO panoptic's stuff categories (ids 92 to 200 there); things are the 80 above.
+STUFF_CATEGORIES = [
+    {"id": 184, "name": "tree-merged", "supercategory": "plant"},
+    {"id": 187, "name": "sky-other-merged", "supercategory": "sky"},
+    {"id": 190, "name": "pavement-merged", "supercategory": "ground"},
+    {"id": 193, "name": "grass-merged", "supercategory": "plant"},
+]
+PANOPTIC_CATEGORIES = [dict(c, isthing=1) for c in COCO_CATEGORIES] + [
+    dict(c, isthing=0) for c in STUFF_CATEGORIES
+]
+_VOID_BORDER = 2  # px of void (id 0) around every panoptic image, as unlabelled edges are
+
+
+def _instance_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    else:
+        rle = mask_utils.frPyObjects(seg, height, width)
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _panoptic(rng, anns: list, width: int, height: int) -> tuple[bytes, list]:
+    """One image's panoptic PNG and segments_info: two stuff bands (sky above, ground below),
+    the instances painted over them in order (a later one covers an earlier one, as panoptic
+    segments do not overlap), a void border. Segment ids are random 24-bit numbers."""
+    ids = np.zeros((height, width), np.uint32)
+    sky, ground = rng.choice(STUFF_CATEGORIES[1:], 2, replace=False)
+    horizon = int(height * rng.uniform(0.3, 0.6))
+    used: set[int] = set()
+
+    def new_id() -> int:
+        while (value := int(rng.integers(1, 2**24))) in used:
+            pass
+        used.add(value)
+        return value
+
+    segments = [(new_id(), sky["id"], 0), (new_id(), ground["id"], 0)]
+    ids[:horizon] = segments[0][0]
+    ids[horizon:] = segments[1][0]
+    for ann in anns:
+        segments.append((new_id(), ann["category_id"], ann["iscrowd"]))
+        ids[_instance_mask(ann, height, width)] = segments[-1][0]
+    ids[:_VOID_BORDER] = ids[-_VOID_BORDER:] = 0
+    ids[:, :_VOID_BORDER] = ids[:, -_VOID_BORDER:] = 0
+    info = []
+    for seg_id, category_id, iscrowd in segments:
+        rows, cols = np.nonzero(ids == seg_id)
+        if not len(rows):
+            continue  # covered by later instances
+        info.append(
+            {
+                "id": seg_id,
+                "category_id": category_id,
+                "iscrowd": iscrowd,
+                "bbox": [
+                    int(cols.min()),
+                    int(rows.min()),
+                    int(cols.max() - cols.min() + 1),
+                    int(rows.max() - rows.min() + 1),
+                ],
+                "area": len(rows),
+            }
+        )
+    rgb = np.stack([ids & 255, (ids >> 8) & 255, ids >> 16], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), info
+
+
 def _caption(rng) -> str:
     return " ".join(_WORDS[int(i)] for i in rng.integers(0, len(_WORDS), int(rng.integers(6, 14))))
 
@@ -221,11 +292,21 @@ def _dump(path: str, document: dict) -> None:
         json.dump(document, f, separators=(",", ":"))
 
 
-def synthesize(root: str, num_images: int, seed: int = 0, processes: int | None = None) -> dict:
+def synthesize(
+    root: str,
+    num_images: int,
+    seed: int = 0,
+    processes: int | None = None,
+    panoptic: bool = True,
+) -> dict:
     """Writes the dataset under ``root``; returns ``{split: number of images}``.
 
-    Splits: train2017 (70%), val2017 (20%), test2017 (10%, image info only).
+    Splits: train2017 (70%), val2017 (20%), test2017 (10%, image info only). ``panoptic``:
+    also ``panoptic_<split>.json`` and its PNGs in ``annotations/panoptic_<split>/`` for the
+    annotated splits (drawn from their own random stream: the other files are the same
+    without them).
     """
+    pan_rng = np.random.default_rng([seed, 1])
     if num_images < 1:
         raise ValueError("--images must be at least 1")
     rng = np.random.default_rng(seed)
@@ -302,6 +383,28 @@ def synthesize(root: str, num_images: int, seed: int = 0, processes: int | None 
                 "categories": COCO_CATEGORIES,
             },
         )
+        if panoptic:
+            pan_dir = os.path.join(ann_dir, f"panoptic_{split}")
+            os.makedirs(pan_dir, exist_ok=True)
+            by_image: dict[int, list] = {im["id"]: [] for im in images}
+            for ann in instances:
+                by_image[ann["image_id"]].append(ann)
+            records = []
+            for im in images:
+                png, segments = _panoptic(pan_rng, by_image[im["id"]], im["width"], im["height"])
+                name = im["file_name"].rsplit(".", 1)[0] + ".png"
+                with open(os.path.join(pan_dir, name), "wb") as f:
+                    f.write(png)
+                records.append({"image_id": im["id"], "file_name": name, "segments_info": segments})
+            _dump(
+                os.path.join(ann_dir, f"panoptic_{split}.json"),
+                {
+                    "info": info,
+                    "images": images,
+                    "annotations": records,
+                    "categories": PANOPTIC_CATEGORIES,
+                },
+            )
         people = [a for a in instances if a["category_id"] == 1]
         _dump(
             os.path.join(ann_dir, f"person_keypoints_{split}.json"),

@@ -49,6 +49,32 @@ ANNOTATION = Struct(
 
 CAPTION = Struct((("id", Value("int64")), ("caption", Value("string"))))
 
+PANOPTIC_SEGMENT = Struct(
+    (
+        ("id", Value("int64")),
+        ("category_id", Value("int64")),
+        ("isthing", Value("bool")),
+        ("iscrowd", Value("int8")),
+        ("area", Value("int64")),  # pixels holding the id in the PNG
+        ("listed_area", Value("int64")),  # segments_info's area
+        ("bbox", ListOf(Value("float64"), length=4)),
+        ("rle", RLE),
+        ("flags", ListOf(Value("string"))),
+    )
+)
+
+# Null for images without a panoptic record.
+PANOPTIC = Struct(
+    (
+        ("file_name", Value("string")),
+        ("png", Value("binary")),  # the panoptic PNG as it is
+        ("segments", ListOf(PANOPTIC_SEGMENT)),
+        # With --panoptic-semantic: a grey PNG of each pixel's category id (0: void), 8-bit
+        # where the ids fit, 16-bit otherwise.
+        ("semantic_png", Value("binary")),
+    )
+)
+
 IMAGE_ROW = Struct(
     (
         ("image_id", Value("int64")),
@@ -63,6 +89,7 @@ IMAGE_ROW = Struct(
         ("exif_orientation", Value("int8")),
         ("annotations", ListOf(ANNOTATION)),
         ("captions", ListOf(CAPTION)),
+        ("panoptic", PANOPTIC),
         # Query columns: a data lake filters on these without reading image bytes.
         ("num_objects", Value("int32")),
         ("category_ids", ListOf(Value("int64"))),
@@ -80,13 +107,14 @@ CATEGORIES_SCHEMA = pa.schema(
         ("name", pa.string()),
         ("supercategory", pa.string()),
         ("keypoints", pa.list_(pa.string())),
+        ("isthing", pa.bool_()),  # from a panoptic file; null without one
     ]
 )
 
 
 # JPEG and PNG bytes are already entropy-coded: zstd saves under 1% on them and costs a
 # quarter of the writer's CPU, so that one column is stored as it is and every other is zstd.
-UNCOMPRESSED_COLUMNS = ("image.bytes",)
+UNCOMPRESSED_COLUMNS = ("image.bytes", "panoptic.png")
 
 
 @functools.lru_cache(maxsize=1)

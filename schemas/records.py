@@ -26,10 +26,11 @@ __all__ = [
 ]
 
 # Annotation families COCO ships, by the prefix of their file names.
-FAMILIES = ("instances", "person_keypoints", "captions", "image_info")
+FAMILIES = ("instances", "person_keypoints", "captions", "image_info", "panoptic")
 
-# Record kinds that conservation (read == written + rejected) is counted for.
-KINDS = ("image", "annotation", "caption")
+# Record kinds that conservation (read == written + rejected) is counted for; a panoptic
+# record is one image's entry of a panoptic file (its PNG and segments_info).
+KINDS = ("image", "annotation", "caption", "panoptic")
 
 # Tags of the side outputs every transform shares: records not written, with their reason,
 # and ``((counter, key), n)`` counts summed for the manifest.
@@ -37,7 +38,7 @@ REJECTED = "rejected"
 COUNTS = "counts"
 
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_FILE_RE = re.compile(r"^(instances|person_keypoints|captions|image_info)_(.+)\.json$")
+_FILE_RE = re.compile(r"^(instances|person_keypoints|captions|image_info|panoptic)_(.+)\.json$")
 
 
 class Reason:
@@ -66,6 +67,10 @@ class Reason:
     # An annotation or caption whose image was rejected goes with it, so nothing is
     # written for an image that is not in the output.
     IMAGE_REJECTED = "image_rejected"
+    # Panoptic: segment ids in the PNG unlike segments_info, a PNG of another size or not a
+    # readable RGB PNG; two panoptic records for one image (all copies).
+    PANOPTIC_MISMATCH = "panoptic_mismatch"
+    DUPLICATE_PANOPTIC_ANNOTATION = "duplicate_panoptic_annotation"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,7 @@ class AnnotationSource:
     split: str
     images_dir: str
     size_bytes: int = 0  # as listed; only the reader's work estimates use it
+    masks_dir: str = ""  # panoptic: the folder of the PNGs its records name
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -136,6 +142,9 @@ class ImagePlan:
     annotations: list
     captions: list
     flags: list
+    # The image's panoptic record: ``file_name``, ``path`` of the PNG, ``source``, and
+    # ``segments`` (``id``, ``category_id``, ``iscrowd``, ``bbox``, ``area``); None without one.
+    panoptic: dict | None = None
 
 
 @dataclasses.dataclass

@@ -32,6 +32,8 @@ STATS_TABLES: dict[str, pa.Schema] = {
             pa.field("pixel_mean", pa.list_(pa.float64(), 3)),
             pa.field("pixel_std", pa.list_(pa.float64(), 3)),
             pa.field("num_duplicate_groups", pa.int64(), nullable=False),
+            pa.field("num_panoptic_images", pa.int64(), nullable=False),
+            pa.field("panoptic_void_pixels", pa.int64(), nullable=False),
         ]
     ),
     "categories": pa.schema(
@@ -112,6 +114,19 @@ STATS_TABLES: dict[str, pa.Schema] = {
             pa.field("v0", pa.int64(), nullable=False),
             pa.field("v1", pa.int64(), nullable=False),
             pa.field("v2", pa.int64(), nullable=False),
+        ]
+    ),
+    # Panoptic segments per category; pixel_share is of every pixel of the images with a
+    # panoptic record, void included.
+    "panoptic_categories": pa.schema(
+        [
+            _SPLIT,
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("name", pa.string()),
+            pa.field("isthing", pa.bool_()),
+            pa.field("num_segments", pa.int64(), nullable=False),
+            pa.field("pixels", pa.int64(), nullable=False),
+            pa.field("pixel_share", pa.float64()),
         ]
     ),
     # Images with identical bytes: one row per image of every content hash held more than once.

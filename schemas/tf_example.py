@@ -38,7 +38,9 @@ class FeatureSpec:
     kind: str  # int64, float, bytes: the tf.train.Feature list it fills
     count: str  # "one" per image, "object" one per instance, "keypoint" one per joint, "any"
     source: str  # the Parquet column, dotted into structs and lists
-    optional: str = ""  # "masks": only with --tfrecord-masks; "keypoints": splits with keypoints
+    # "masks": only with --tfrecord-masks; "keypoints": splits with keypoints; "panoptic":
+    # images with a panoptic record
+    optional: str = ""
     via: str = ""  # a conversion on the way (see _VIA); none: the column's value as it is
 
 
@@ -104,6 +106,27 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "annotations.keypoints",
         "keypoints",
         via="joint_name",
+    ),
+)
+
+FEATURES += (
+    # Images with a panoptic record: Model Garden's label maps, grey PNGs of each pixel's
+    # category id (0: void) and of the thing segments' index in segments_info plus one.
+    FeatureSpec(
+        "image/panoptic/category_mask",
+        "bytes",
+        "one",
+        "panoptic.segments.rle",
+        "panoptic",
+        via="png",
+    ),
+    FeatureSpec(
+        "image/panoptic/instance_mask",
+        "bytes",
+        "one",
+        "panoptic.segments.rle",
+        "panoptic",
+        via="png",
     ),
 )
 

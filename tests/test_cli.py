@@ -31,6 +31,10 @@ def test_synth_then_build_with_default_runner(tmp_path):
         "image_info_test2017.json",
         "instances_train2017.json",
         "instances_val2017.json",
+        "panoptic_train2017",
+        "panoptic_train2017.json",
+        "panoptic_val2017",
+        "panoptic_val2017.json",
         "person_keypoints_train2017.json",
         "person_keypoints_val2017.json",
     ]

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from schemas.records import Reason
-from transforms.coco_json import RecordError
-from transforms.images import FLAG_EXIF_SWAPPED, inspect_image, safe_relative_path
+from transforms.coco_json import RecordError, safe_relative_path
+from transforms.images import FLAG_EXIF_SWAPPED, inspect_image
 
 
 def _encode(width=32, height=24, fmt="JPEG", mode="RGB", exif=None):

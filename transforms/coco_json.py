@@ -126,6 +126,15 @@ def _finite(value: float, field: str) -> float:
     return value
 
 
+def safe_relative_path(file_name: str) -> bool:
+    """True when ``file_name`` is a plain relative path that stays under the images root."""
+    if not file_name or file_name.startswith("/") or "\\" in file_name or ":" in file_name:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in file_name):
+        return False
+    return all(part not in ("", ".", "..") for part in file_name.split("/"))
+
+
 def check_image(record) -> dict:
     """An ``images`` entry: ``id``, ``file_name``, positive ``width`` and ``height``."""
     image_id = _require_int(record, "id")
@@ -149,7 +158,16 @@ def check_category(record) -> dict:
         if not isinstance(keypoints, list):
             raise RecordError(Reason.SCHEMA_VIOLATION, "'keypoints' must be a list of names")
         keypoints = [_check_string(k, "keypoints") for k in keypoints]
-    return {"id": cat_id, "name": name, "supercategory": supercategory, "keypoints": keypoints}
+    isthing = record.get("isthing")
+    if isthing is not None and isthing not in (0, 1):
+        raise RecordError(Reason.SCHEMA_VIOLATION, f"'isthing' must be 0 or 1, got {isthing!r:.20}")
+    return {
+        "id": cat_id,
+        "name": name,
+        "supercategory": supercategory,
+        "keypoints": keypoints,
+        "isthing": None if isthing is None else bool(isthing),
+    }
 
 
 def _check_bbox(value) -> list[float]:
@@ -240,6 +258,46 @@ def check_keypoints_only(record) -> dict:
         "keypoints": keypoints,
         "num_keypoints": num,
     }
+
+
+def check_panoptic(record) -> dict:
+    """An ``annotations`` entry of a panoptic file: ``image_id``, the PNG's ``file_name`` (a
+    plain relative path, else ``unsafe_path``) and ``segments_info``, each segment with an
+    ``id`` (above 0: 0 is void), ``category_id``, ``iscrowd``, ``bbox`` and ``area``; segment
+    ids unique."""
+    image_id = _require_int(record, "image_id")
+    if "file_name" not in record:
+        raise RecordError(Reason.SCHEMA_VIOLATION, "missing required key 'file_name'")
+    file_name = _check_string(record["file_name"], "file_name")
+    if not safe_relative_path(file_name):
+        raise RecordError(Reason.UNSAFE_PATH, "file_name is not a plain relative path")
+    segments_info = record.get("segments_info")
+    if not isinstance(segments_info, list):
+        raise RecordError(Reason.SCHEMA_VIOLATION, "'segments_info' must be a list")
+    segments = []
+    for seg in segments_info:
+        if not isinstance(seg, dict):
+            raise RecordError(Reason.SCHEMA_VIOLATION, "a segments_info entry is not an object")
+        iscrowd = seg.get("iscrowd", 0)
+        if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
+            raise RecordError(Reason.SCHEMA_VIOLATION, "a segment's 'iscrowd' must be 0 or 1")
+        if "bbox" not in seg:
+            raise RecordError(Reason.SCHEMA_VIOLATION, "a segment has no 'bbox'")
+        area = seg.get("area")
+        if not _is_int(area) or area < 0:
+            raise RecordError(Reason.SCHEMA_VIOLATION, "a segment's 'area' must be a count >= 0")
+        segments.append(
+            {
+                "id": _require_int(seg, "id", minimum=1),
+                "category_id": _require_int(seg, "category_id"),
+                "iscrowd": iscrowd,
+                "bbox": _check_bbox(seg["bbox"]),
+                "area": area,
+            }
+        )
+    if len({s["id"] for s in segments}) != len(segments):
+        raise RecordError(Reason.PANOPTIC_MISMATCH, "a segment id is listed twice")
+    return {"image_id": image_id, "file_name": file_name, "segments": segments}
 
 
 def check_caption(record) -> dict:

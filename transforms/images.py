@@ -34,7 +34,6 @@ __all__ = [
     "ImageFacts",
     "inspect_image",
     "is_not_found",
-    "safe_relative_path",
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG")
@@ -59,15 +58,6 @@ class ImageFacts:
     flags: tuple[str, ...]
     # int64 counts: R[0..255], G[0..255], B[0..255]
     pixel_histogram: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
-
-
-def safe_relative_path(file_name: str) -> bool:
-    """True when ``file_name`` is a plain relative path that stays under the images root."""
-    if not file_name or file_name.startswith("/") or "\\" in file_name or ":" in file_name:
-        return False
-    if any(ord(c) < 32 or ord(c) == 127 for c in file_name):
-        return False
-    return all(part not in ("", ".", "..") for part in file_name.split("/"))
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -22,7 +22,7 @@ import apache_beam as beam
 import numpy as np
 
 from schemas.records import COUNTS, KINDS, REJECTED, ImagePlan, PlanBatch, Reason, Rejection
-from transforms.images import safe_relative_path
+from transforms.coco_json import safe_relative_path
 from transforms.progress import ProgressReporter
 from transforms.runtime import relax_gc, unpack
 
@@ -30,7 +30,7 @@ __all__ = ["JoinAnnotationsToImages", "join_image"]
 
 
 # Records are tagged with their kind, the kinds conservation is counted for.
-TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION = KINDS
+TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION, TAG_PANOPTIC = KINDS
 
 
 def _reject(kind, key, reason, message, source, split) -> Rejection:
@@ -95,23 +95,31 @@ def join_image(
     are a duplicate id. Returns ``(plan or None, rejections, read)`` where ``read`` counts the
     records seen per kind (an instance and its keypoints record are one annotation).
     """
-    images, annotations, captions = [], [], []
+    images, annotations, captions, panoptic = [], [], [], []
+    lists = {
+        TAG_IMAGE: images,
+        TAG_ANNOTATION: annotations,
+        TAG_CAPTION: captions,
+        TAG_PANOPTIC: panoptic,
+    }
     for tag, family, source, record in values:
-        {TAG_IMAGE: images, TAG_ANNOTATION: annotations, TAG_CAPTION: captions}[tag].append(
-            (family, source, record)
-        )
+        lists[tag].append((family, source, record))
     rejections: list[Rejection] = []
     read = collections.Counter()
     merged = _merge_instances(annotations, split, duplicate_ids, rejections)
     read[TAG_ANNOTATION] = len(merged) + len(rejections)
     cap_ids = collections.Counter(cap["id"] for _, _, cap in captions)
     read[TAG_CAPTION] = len(captions)
+    if panoptic:
+        read[TAG_PANOPTIC] = len(panoptic)
 
     def reject_all(reason: str, message: str) -> None:
         for source, ann in merged:
             rejections.append(_reject(TAG_ANNOTATION, ann["id"], reason, message, source, split))
         for _, source, cap in captions:
             rejections.append(_reject(TAG_CAPTION, cap["id"], reason, message, source, split))
+        for _, source, _ in panoptic:
+            rejections.append(_reject(TAG_PANOPTIC, image_id, reason, message, source, split))
 
     if not images:
         reject_all(Reason.ORPHAN_ANNOTATION, f"image {image_id} is in no images list")
@@ -192,6 +200,43 @@ def join_image(
             )
             continue
         kept_captions.append({"id": cap["id"], "caption": cap["caption"]})
+    plan_panoptic = None
+    if len(panoptic) > 1:
+        for _, pan_source, _ in panoptic:
+            rejections.append(
+                _reject(
+                    TAG_PANOPTIC,
+                    image_id,
+                    Reason.DUPLICATE_PANOPTIC_ANNOTATION,
+                    "two panoptic records for one image",
+                    pan_source,
+                    split,
+                )
+            )
+    elif panoptic:
+        _, pan_source, record = panoptic[0]
+        unknown = sorted({s["category_id"] for s in record["segments"]} - set(categories), key=int)
+        if unknown:
+            rejections.append(
+                _reject(
+                    TAG_PANOPTIC,
+                    image_id,
+                    Reason.UNKNOWN_CATEGORY,
+                    f"segment categories {unknown[:5]} are not defined",
+                    pan_source,
+                    split,
+                )
+            )
+        else:
+            plan_panoptic = {
+                "file_name": record["file_name"],
+                "path": record["path"],
+                "source": pan_source,
+                "segments": [
+                    dict(s, isthing=bool(categories[s["category_id"]].get("isthing")))
+                    for s in record["segments"]
+                ],
+            }
     plan = ImagePlan(
         split=split,
         image_id=image_id,
@@ -204,6 +249,7 @@ def join_image(
         annotations=kept,
         captions=kept_captions,
         flags=[],
+        panoptic=plan_panoptic,
     )
     return plan, rejections, read
 

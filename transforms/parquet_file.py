@@ -19,6 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 from schemas import parquet as contract
 from schemas.records import ImagePlan, ShardFile
 from transforms.images import ImageFacts
+from transforms.panoptic import PanopticFacts
+from transforms.png import grey_png
 
 __all__ = ["ParquetFile", "build_row"]
 
@@ -36,8 +38,27 @@ _STATISTICS_COLUMNS = [
 ]
 
 
-def build_row(plan: ImagePlan, data: bytes, facts: ImageFacts) -> dict:
-    """The Parquet row of one image (see ``schemas.parquet.IMAGE_ROW``)."""
+def _panoptic_value(panoptic: PanopticFacts | None, file_name: str, semantic: bool):
+    if panoptic is None:
+        return None
+    return {
+        "file_name": file_name,
+        "png": panoptic.png,
+        "segments": panoptic.segments,
+        "semantic_png": grey_png(panoptic.category_map) if semantic else None,
+    }
+
+
+def build_row(
+    plan: ImagePlan,
+    data: bytes,
+    facts: ImageFacts,
+    panoptic: PanopticFacts | None = None,
+    *,
+    semantic: bool = False,
+) -> dict:
+    """The Parquet row of one image (see ``schemas.parquet.IMAGE_ROW``); ``semantic``: add
+    the panoptic record's semantic label map."""
     annotations = [
         {
             "id": ann["id"],
@@ -65,6 +86,9 @@ def build_row(plan: ImagePlan, data: bytes, facts: ImageFacts) -> dict:
         "exif_orientation": facts.exif_orientation,
         "annotations": annotations,
         "captions": plan.captions,
+        "panoptic": _panoptic_value(
+            panoptic, plan.panoptic["file_name"] if plan.panoptic else "", semantic
+        ),
         "num_objects": len(annotations),
         "category_ids": sorted({ann["category_id"] for ann in annotations}),
         "has_crowd": any(ann["iscrowd"] for ann in annotations),
@@ -98,8 +122,15 @@ class ParquetFile:
     """One Parquet shard being written: rows in, a ``ShardFile`` out."""
 
     def __init__(
-        self, temp_path: str, schema: pa.Schema, *, compression: str, row_group_bytes: int
+        self,
+        temp_path: str,
+        schema: pa.Schema,
+        *,
+        compression: str,
+        row_group_bytes: int,
+        semantic: bool = False,
     ):
+        self._semantic = semantic
         self._temp_path = temp_path
         self._raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
         self._stream = _HashingStream(self._raw)
@@ -113,8 +144,11 @@ class ParquetFile:
         )
         self._groups = _RowGroups(self._writer, schema, row_group_bytes)
 
-    def add(self, plan: ImagePlan, data: bytes, facts: ImageFacts) -> None:
-        self._groups.add(build_row(plan, data, facts), len(data))
+    def add(
+        self, plan: ImagePlan, data: bytes, facts: ImageFacts, panoptic: PanopticFacts | None
+    ) -> None:
+        row = build_row(plan, data, facts, panoptic, semantic=self._semantic)
+        self._groups.add(row, len(data) + (len(panoptic.png) if panoptic else 0))
 
     def close(self) -> ShardFile:
         self._groups.flush()

@@ -110,6 +110,7 @@ def _categories_table(categories: dict) -> bytes:
             "name": cat["name"],
             "supercategory": cat.get("supercategory"),
             "keypoints": cat.get("keypoints"),
+            "isthing": cat.get("isthing"),
         }
         for split in sorted(categories)
         for cat in sorted(categories[split].values(), key=lambda c: c["id"])

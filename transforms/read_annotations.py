@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.records import COUNTS, REJECTED, AnnotationSource, Rejection
 from transforms import coco_json
 from transforms.coco_json import RecordError
-from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE
+from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE, TAG_PANOPTIC
 from transforms.masks import pack_polygons
 from transforms.runtime import pack, relax_gc
 from transforms.sharding import join_bucket
@@ -33,13 +33,14 @@ IMAGE_COUNTS = "image_counts"
 
 # The families list the same images; each split's image list is read from one of them, in
 # this order of preference.
-_IMAGES_FROM = ("instances", "person_keypoints", "captions", "image_info")
+_IMAGES_FROM = ("instances", "person_keypoints", "captions", "image_info", "panoptic")
 
 _SECTIONS = {
     "instances": ("images", "annotations", "categories"),
     "person_keypoints": ("images", "annotations", "categories"),
     "captions": ("images", "annotations"),
     "image_info": ("images", "categories"),
+    "panoptic": ("images", "annotations", "categories"),
 }
 
 
@@ -94,8 +95,11 @@ class CocoFileError(ValueError):
 
 
 def _record_key(record) -> str:
-    if isinstance(record, dict) and "id" in record:
-        return str(record["id"])[:64]
+    """The record's id; a panoptic record has none and is keyed by its image's."""
+    if isinstance(record, dict):
+        for field in ("id", "image_id"):
+            if field in record:
+                return str(record[field])[:64]
     return ""
 
 
@@ -125,7 +129,9 @@ class _ReadSectionFn(beam.DoFn):
         slim = source.family == "person_keypoints" and source.split in self._keypoints_only
         kind = {"images": TAG_IMAGE, "categories": "category"}.get(section)
         if kind is None:
-            kind = TAG_CAPTION if source.family == "captions" else TAG_ANNOTATION
+            kind = {"captions": TAG_CAPTION, "panoptic": TAG_PANOPTIC}.get(
+                source.family, TAG_ANNOTATION
+            )
         ids, images = [], 0
         batches = _Batches(source.split)
         with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -158,7 +164,7 @@ class _ReadSectionFn(beam.DoFn):
                             _sha256_of(record),
                         ),
                     )
-                    if kind in (TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION):
+                    if kind in (TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION, TAG_PANOPTIC):
                         yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), 1))
                     continue
                 if kind == "category":
@@ -167,6 +173,9 @@ class _ReadSectionFn(beam.DoFn):
                 if kind == TAG_IMAGE:
                     image_id = checked["id"]
                     images += 1
+                elif kind == TAG_PANOPTIC:
+                    image_id = checked["image_id"]
+                    checked["path"] = source.masks_dir.rstrip("/") + "/" + checked["file_name"]
                 else:
                     image_id = checked["image_id"]
                     ids.append(checked["id"])
@@ -214,6 +223,8 @@ def _check(kind: str, record, family: str, slim: bool) -> dict:
         return coco_json.check_image(record)
     if kind == TAG_CAPTION:
         return coco_json.check_caption(record)
+    if kind == TAG_PANOPTIC:
+        return coco_json.check_panoptic(record)
     if kind == TAG_ANNOTATION:
         if slim:
             return coco_json.check_keypoints_only(record)
@@ -222,12 +233,17 @@ def _check(kind: str, record, family: str, slim: bool) -> dict:
 
 
 def _merge_categories(split, records):
-    """One ``{id: category}`` per split; a keypoints file adds joint names to its category."""
+    """One ``{id: category}`` per split; a keypoints file adds joint names to its category,
+    a panoptic file whether it is a thing or stuff."""
     merged: dict[int, dict] = {}
-    for cat in sorted(records, key=lambda c: (c["id"], c["keypoints"] is not None)):
+    for cat in sorted(
+        records, key=lambda c: (c["id"], c["keypoints"] is not None, c["isthing"] is not None)
+    ):
         current = merged.setdefault(cat["id"], dict(cat))
         if cat["keypoints"] and not current.get("keypoints"):
             current["keypoints"] = cat["keypoints"]
+        if cat["isthing"] is not None and current.get("isthing") is None:
+            current["isthing"] = cat["isthing"]
     return split, merged
 
 

@@ -30,6 +30,7 @@ PLOT_IDS = (
     "cooccurrence",
     "keypoint-visibility",
     "caption-words",
+    "panoptic-pixel-share",
 )
 
 _COUNT_HISTOGRAMS = ("objects_per_image", "categories_per_image", "caption_words")
@@ -308,6 +309,39 @@ def _keypoints(doc):
     return _empty(fig, "keypoints")
 
 
+def _panoptic(doc):
+    import plotly.graph_objects as go
+
+    pan = doc["panoptic"]
+    cats = sorted(pan["categories"], key=lambda c: (c["pixels"], -c["id"]))
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    fig = _figure(
+        title=f"Panoptic pixel share per category: things {pct(pan['things']['pixel_share'])}, "
+        f"stuff {pct(pan['stuff']['pixel_share'])}, void {pct(pan['void_share'])}",
+        barmode="stack",
+        height=max(400, 18 * len(cats) + 120),
+        xaxis_title="share of all pixels",
+    )
+    for isthing, label in ((True, "things"), (False, "stuff")):
+        chosen = [c for c in cats if bool(c["isthing"]) == isthing]
+        if chosen:
+            fig.add_trace(
+                go.Bar(
+                    name=label,
+                    orientation="h",
+                    y=[_category_label(c) for c in chosen],
+                    x=[c["pixel_share"] for c in chosen],
+                    customdata=[c["num_segments"] for c in chosen],
+                    hovertemplate="%{y}: %{x:.2%} of pixels, %{customdata} segments<extra></extra>",
+                )
+            )
+    fig.update_xaxes(tickformat=".0%")
+    return _empty(fig, "panoptic segments")
+
+
 def _plots(doc) -> dict:
     return {
         "class-balance": _class_balance(doc),
@@ -335,6 +369,7 @@ def _plots(doc) -> dict:
         "cooccurrence": _cooccurrence(doc),
         "keypoint-visibility": _keypoints(doc),
         "caption-words": _histogram(doc, "caption_words", "Caption length", "captions"),
+        "panoptic-pixel-share": _panoptic(doc),
     }
 
 

@@ -88,9 +88,11 @@ def add_image(
     num_bytes: int,
     annotations: list[dict],
     captions: list[dict],
+    panoptic=None,
 ) -> collections.Counter:
     """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it.
-    Its pixels are added with ``add_pixels``, once for many images."""
+    Its pixels are added with ``add_pixels``, once for many images. ``panoptic``: its checked
+    panoptic record (``transforms.panoptic.PanopticFacts``), if it has one."""
     acc["n", "images"] += 1
     acc["format", fmt] += 1
     acc["mode", mode] += 1
@@ -119,6 +121,16 @@ def add_image(
     acc["n", "captions"] += len(captions)
     for cap in captions:
         acc["h", "caption_words", _count_bin(len(cap["caption"].split()))] += 1
+    if panoptic is not None:
+        acc["n", "panoptic_images"] += 1
+        acc["n", "panoptic_pixels"] += width * height
+        acc["n", "panoptic_void_pixels"] += panoptic.void_pixels
+        for seg in panoptic.segments:
+            kind = "thing" if seg["isthing"] else "stuff"
+            acc["pan", seg["category_id"], "segments"] += 1
+            acc["pan", seg["category_id"], "pixels"] += seg["area"]
+            acc["pan_kind", kind, "segments"] += 1
+            acc["pan_kind", kind, "pixels"] += seg["area"]
     return acc
 
 
@@ -272,6 +284,48 @@ def summarize(acc: collections.Counter, categories: dict[int, dict]) -> dict:
             ],
         },
         "histograms": {name: _histogram(acc, name) for name in HISTOGRAMS},
+        "panoptic": _panoptic(acc, categories),
+    }
+
+
+def _panoptic(acc: collections.Counter, categories: dict[int, dict]) -> dict:
+    """Pixel shares are of every pixel of the images with a panoptic record, void included."""
+    pixels = acc["n", "panoptic_pixels"]
+
+    def share(n: int) -> float | None:
+        return n / pixels if pixels else None
+
+    cats = []
+    for cat_id in sorted({k[1] for k in acc if k[0] == "pan"}):
+        cat = categories.get(cat_id, {})
+        n = acc["pan", cat_id, "pixels"]
+        cats.append(
+            {
+                "id": cat_id,
+                "name": cat.get("name"),
+                "isthing": cat.get("isthing"),
+                "num_segments": acc["pan", cat_id, "segments"],
+                "pixels": n,
+                "pixel_share": share(n),
+            }
+        )
+    kinds = {
+        kind: {
+            "segments": acc["pan_kind", kind, "segments"],
+            "pixels": acc["pan_kind", kind, "pixels"],
+            "pixel_share": share(acc["pan_kind", kind, "pixels"]),
+        }
+        for kind in ("thing", "stuff")
+    }
+    return {
+        "num_images": acc["n", "panoptic_images"],
+        "num_segments": sum(c["num_segments"] for c in cats),
+        "num_pixels": pixels,
+        "void_pixels": acc["n", "panoptic_void_pixels"],
+        "void_share": share(acc["n", "panoptic_void_pixels"]),
+        "things": kinds["thing"],
+        "stuff": kinds["stuff"],
+        "categories": cats,
     }
 
 

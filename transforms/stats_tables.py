@@ -47,6 +47,8 @@ def stats_tables(doc: dict) -> dict[str, pa.Table]:
                 "pixel_mean": s["pixel_mean"] if s["num_images"] else None,
                 "pixel_std": s["pixel_std"] if s["num_images"] else None,
                 "num_duplicate_groups": len(s.get("duplicates", [])),
+                "num_panoptic_images": s["panoptic"]["num_images"],
+                "panoptic_void_pixels": s["panoptic"]["void_pixels"],
             }
         )
         rows["categories"].extend({"split": split, **cat} for cat in s["categories"])
@@ -90,6 +92,9 @@ def stats_tables(doc: dict) -> dict[str, pa.Table]:
                 {"split": split, "property": prop, "value": value, "count": n}
                 for value, n in sorted(s[key].items())
             )
+        rows["panoptic_categories"].extend(
+            {"split": split, **cat} for cat in s["panoptic"]["categories"]
+        )
         rows["joint_visibility"].extend(
             {"split": split, **entry} for entry in s["keypoints"]["joint_visibility"]
         )

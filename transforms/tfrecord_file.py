@@ -21,51 +21,20 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import struct
-import zlib
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
-from isal import isal_zlib
 
 from schemas.records import ImagePlan, ShardFile
 from schemas.tf_example import Example
 from transforms.images import ImageFacts
+from transforms.masks import decode_rle_counts
+from transforms.panoptic import PanopticFacts
+from transforms.png import grey_png, png_from_rows
 
-__all__ = ["TFRecordFile", "build_example", "mask_png", "mask_rows", "rle_counts"]
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# ISA-L's deflate at level 1: a 640x480 mask in about 40 us, smaller than zlib's level 6 on
-# these long runs of zeros and ones (zlib level 1 takes 350 us, Pillow's encoder 1.5-2 ms).
-_DEFLATE_LEVEL = 1
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def rle_counts(counts: bytes) -> list[int]:
-    """The run lengths of a COCO compressed RLE string, decoded as pycocotools' ``rleFrString``
-    does (6-bit groups, sign-extended; from the third run on, relative to two runs before)."""
-    out: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            c = counts[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = c & 0x20
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return out
+__all__ = ["TFRecordFile", "build_example", "mask_png", "mask_rows"]
 
 
 def mask_rows(rle: dict) -> np.ndarray:
@@ -78,7 +47,7 @@ def mask_rows(rle: dict) -> np.ndarray:
     and transposing it from column-major."""
     height, width = rle["size"]
     rows = np.zeros((height, width + 1), np.uint8)
-    counts = np.array(rle_counts(rle["counts"].encode()), np.int64)
+    counts = np.array(decode_rle_counts(rle["counts"]), np.int64)
     if counts.sum() != height * width or (counts < 0).any():
         raise ValueError(f"RLE counts do not cover a {height}x{width} mask")
     ends = np.cumsum(counts)
@@ -98,17 +67,9 @@ def mask_rows(rle: dict) -> np.ndarray:
 
 
 def mask_png(rle: dict) -> bytes:
-    """The instance mask of a COCO compressed RLE as an 8-bit grey PNG with values 0 and 1:
-    IHDR, one IDAT of unfiltered rows, IEND. Written directly: generic PNG encoders spend
-    most of their time choosing row filters for what is two values in long runs."""
+    """The instance mask of a COCO compressed RLE as an 8-bit grey PNG with values 0 and 1."""
     height, width = rle["size"]
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
-    return (
-        _PNG_SIGNATURE
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", isal_zlib.compress(mask_rows(rle), _DEFLATE_LEVEL))
-        + _png_chunk(b"IEND", b"")
-    )
+    return png_from_rows(mask_rows(rle), width, 8)
 
 
 def _clip(value: float) -> float:
@@ -119,6 +80,7 @@ def build_example(
     plan: ImagePlan,
     data: bytes,
     facts: ImageFacts,
+    panoptic: PanopticFacts | None,
     categories: dict[int, dict],
     *,
     masks: bool,
@@ -126,7 +88,9 @@ def build_example(
 ) -> bytes:
     """The serialized ``tf.train.Example`` of one image. ``categories``: id -> category of the
     split (names, and joint names where it has keypoints); ``keypoint_names``: the split's
-    joints, or None when the split has no keypoints (then no keypoint keys are written)."""
+    joints, or None when the split has no keypoints (then no keypoint keys are written);
+    ``panoptic``: the image's checked panoptic record, whose label maps are written as Model
+    Garden's ``image/panoptic/category_mask`` and ``instance_mask``."""
     width, height = plan.width, plan.height
     example = Example()
     feature = example.features.feature
@@ -185,6 +149,9 @@ def build_example(
         ints("image/object/keypoint/visibility", vis)
         ints("image/object/keypoint/num", nums)
         strings("image/object/keypoint/text", names)
+    if panoptic is not None:
+        strings("image/panoptic/category_mask", [grey_png(panoptic.category_map)])
+        strings("image/panoptic/instance_mask", [grey_png(panoptic.instance_map)])
     return example.SerializeToString(deterministic=True)
 
 
@@ -223,11 +190,14 @@ class TFRecordFile:
         self._raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
         self._file = _HashingFile(self._raw)
 
-    def add(self, plan: ImagePlan, data: bytes, facts: ImageFacts) -> None:
+    def add(
+        self, plan: ImagePlan, data: bytes, facts: ImageFacts, panoptic: PanopticFacts | None
+    ) -> None:
         record = build_example(
             plan,
             data,
             facts,
+            panoptic,
             self._categories,
             masks=self._masks,
             keypoint_names=self._keypoint_names,

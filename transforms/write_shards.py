@@ -35,6 +35,7 @@ from schemas import parquet as contract
 from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
+from transforms.panoptic import PanopticFacts, inspect_panoptic
 from transforms.parquet_file import ParquetFile
 from transforms.progress import ProgressReporter
 from transforms.runtime import pack, relax_gc, unpack
@@ -78,6 +79,8 @@ class ShardWriterConfig:
     formats: tuple = ("parquet",)
     # TFRecord: one PNG mask per instance in ``image/object/mask`` (off: they dominate the size).
     tfrecord_masks: bool = False
+    # Parquet: each panoptic record's semantic label map (a PNG of category ids).
+    panoptic_semantic: bool = False
     # Off: no statistics are gathered (no pixel histograms, no accumulators, no digests).
     statistics: bool = True
 
@@ -95,10 +98,12 @@ class ShardWriterConfig:
 
 def load_image(
     plan: ImagePlan, max_pixels: int, filesystem=None, histogram: bool = True
-) -> tuple[bytes, ImageFacts] | Rejection:
-    """Reads and decodes one image. Permanent faults come back as a ``Rejection``; transient
-    storage errors are raised. ``filesystem``: the Beam filesystem of ``plan.path``, if the
-    caller holds one (finding it costs more than reading a small local file)."""
+) -> tuple[bytes, ImageFacts, PanopticFacts | Rejection | None] | Rejection:
+    """Reads and decodes one image, and its panoptic PNG if it has one. Permanent faults come
+    back as a ``Rejection`` (the image's, or the panoptic record's in the third place);
+    transient storage errors are raised. ``filesystem``: the Beam filesystem of
+    ``plan.path``, if the caller holds one (finding it costs more than reading a small local
+    file)."""
     try:
         fs = filesystem or FileSystems.get_filesystem(plan.path)
         with fs.open(plan.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -119,7 +124,6 @@ def load_image(
         facts = inspect_image(
             data, plan.width, plan.height, max_pixels=max_pixels, histogram=histogram
         )
-        return data, facts
     except RecordError as exc:
         return Rejection(
             "image",
@@ -131,6 +135,36 @@ def load_image(
             plan.split,
             hashlib.sha256(data).hexdigest(),
         )
+    return data, facts, _load_panoptic(plan, filesystem)
+
+
+def _load_panoptic(plan: ImagePlan, filesystem) -> PanopticFacts | Rejection | None:
+    pan = plan.panoptic
+    if pan is None:
+        return None
+    data = b""
+    try:
+        fs = filesystem or FileSystems.get_filesystem(pan["path"])
+        with fs.open(pan["path"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+        return inspect_panoptic(data, plan.width, plan.height, pan["segments"])
+    except RecordError as exc:
+        reason, error, message = exc.reason, type(exc).__name__, str(exc)[:200]
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
+        reason, error = Reason.IMAGE_MISSING, type(exc).__name__
+        message = f"no panoptic PNG {pan['file_name']!r}"
+    return Rejection(
+        "panoptic",
+        str(plan.image_id),
+        reason,
+        error,
+        message,
+        pan["source"],
+        plan.split,
+        hashlib.sha256(data).hexdigest() if data else "",
+    )
 
 
 def _in_order(pool, fn, items, window):
@@ -179,6 +213,7 @@ class _WriteShardFn(beam.DoFn):
                 contract.arrow_schema(cats),
                 compression=self._config.compression,
                 row_group_bytes=self._config.row_group_bytes,
+                semantic=self._config.panoptic_semantic,
             )
         return TFRecordFile(temp_path, categories, masks=self._config.tfrecord_masks)
 
@@ -222,14 +257,18 @@ class _WriteShardFn(beam.DoFn):
                 rejections.extend(_dependents(plan))
                 continue
             found += 1
-            data, facts = loaded
+            data, facts, panoptic = loaded
+            if isinstance(panoptic, Rejection):
+                rejections.append(panoptic)
+                panoptic = None
             self._decoded.inc()
             for f in files:
-                f.add(plan, data, facts)
+                f.add(plan, data, facts, panoptic)
             num_rows += 1
             written["image"] += 1
             written["annotation"] += len(plan.annotations)
             written["caption"] += len(plan.captions)
+            written["panoptic"] += panoptic is not None
             if not statistics:
                 continue
             add_image(
@@ -242,6 +281,7 @@ class _WriteShardFn(beam.DoFn):
                 num_bytes=len(data),
                 annotations=plan.annotations,
                 captions=plan.captions,
+                panoptic=panoptic,
             )
             pixels += facts.pixel_histogram
             digests.setdefault(facts.sha256[:2], []).append((facts.sha256, split, plan.image_id))
@@ -259,7 +299,20 @@ class _WriteShardFn(beam.DoFn):
 
 def _dependents(plan: ImagePlan) -> list[Rejection]:
     message = f"image {plan.image_id} was rejected"
-    return [
+    panoptic = []
+    if plan.panoptic is not None:
+        panoptic.append(
+            Rejection(
+                "panoptic",
+                str(plan.image_id),
+                Reason.IMAGE_REJECTED,
+                "RecordError",
+                message,
+                plan.panoptic["source"],
+                plan.split,
+            )
+        )
+    return panoptic + [
         Rejection(
             kind,
             str(rec["id"]),
