@@ -274,3 +274,16 @@ def test_inspect_panoptic_names_the_mismatch(change, message):
     assert caught.value.reason == "panoptic_mismatch"
     with pytest.raises(RecordError, match="not a readable PNG"):
         inspect_panoptic(b"\x89PNG\r\n\x1a\nbroken", 8, 6, segments)
+
+
+def test_panoptic_file_named_explicitly_finds_its_pngs_beside_it(tmp_path):
+    _handmade(tmp_path / "coco")
+    run_dir, manifest = run_build(
+        f"--annotations={tmp_path / 'coco' / 'annotations' / 'panoptic_val.json'}",
+        f"--images={tmp_path / 'coco' / 'val'}",
+        f"--output={tmp_path / 'out'}",
+        "--max-rejected-fraction=1",
+    )
+    assert manifest["counts"]["panoptic"] == {"read": 9, "written": 2, "rejected": 7}
+    rows = {r["image_id"]: r for r in _rows(run_dir)}
+    assert [s["id"] for s in rows[1]["panoptic"]["segments"]] == [3_000_111, 70_000, 255]
