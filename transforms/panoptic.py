@@ -45,7 +45,9 @@ class PanopticFacts:
     pixels_by_category: collections.Counter
 
 
-def _smallest(values: np.ndarray, top: int) -> np.ndarray:
+def _smallest(values: np.ndarray, top: int, what: str) -> np.ndarray:
+    if top >= 2**16:
+        raise RecordError(Reason.PANOPTIC_MISMATCH, f"{what} {top} does not fit a 16-bit map")
     return values.astype(np.uint8 if top < 256 else np.uint16)
 
 
@@ -112,8 +114,8 @@ def inspect_panoptic(data: bytes, width: int, height: int, segments: list[dict])
     return PanopticFacts(
         png=data,
         segments=out,
-        category_map=_smallest(category_map, top_category),
-        instance_map=_smallest(instance_map, len(segments)),
+        category_map=_smallest(category_map, top_category, "category id"),
+        instance_map=_smallest(instance_map, len(segments), "segment count"),
         void_pixels=void,
         pixels_by_category=by_category,
     )

@@ -135,17 +135,17 @@ def load_image(
             plan.split,
             hashlib.sha256(data).hexdigest(),
         )
-    return data, facts, _load_panoptic(plan, filesystem)
+    return data, facts, _load_panoptic(plan)
 
 
-def _load_panoptic(plan: ImagePlan, filesystem) -> PanopticFacts | Rejection | None:
+def _load_panoptic(plan: ImagePlan) -> PanopticFacts | Rejection | None:
     pan = plan.panoptic
     if pan is None:
         return None
     data = b""
     try:
-        fs = filesystem or FileSystems.get_filesystem(pan["path"])
-        with fs.open(pan["path"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        # Beam's FileSystems: the PNGs may sit on another filesystem than the images.
+        with FileSystems.open(pan["path"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
             data = f.read()
         return inspect_panoptic(data, plan.width, plan.height, pan["segments"])
     except RecordError as exc:
