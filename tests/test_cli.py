@@ -1,7 +1,9 @@
 """The command line as a user runs it: default runner (one process per core), summary."""
 
 import hashlib
+import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -54,6 +56,22 @@ def test_synth_then_build_with_default_runner(tmp_path):
         with open(a, "rb") as fa, open(b, "rb") as fb:
             assert hashlib.sha256(fa.read()).digest() == hashlib.sha256(fb.read()).digest()
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in multi) == 40
+    # Statistics too, every file; manifests differ only in the run's identity and times.
+    multi_dir = out / "runs" / run_id
+    single_dir = pathlib.Path(run_dir)
+    names = sorted(os.listdir(multi_dir / "stats"))
+    assert names == sorted(os.listdir(single_dir / "stats")) and "report.html" in names
+    for name in names:
+        assert (multi_dir / "stats" / name).read_bytes() == (
+            single_dir / "stats" / name
+        ).read_bytes(), name
+    manifests = []
+    for folder in (multi_dir, single_dir):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for key in ("run_id", "started", "finished"):
+            manifest.pop(key)
+        manifests.append(manifest)
+    assert manifests[0] == manifests[1]
 
 
 def test_errors_are_one_clear_line(tmp_path):

@@ -232,10 +232,11 @@ class _PublishFn(beam.DoFn):
         )
         stats_entry = None
         if cfg.statistics:
+            # The report names no run: the same input gives the same bytes in every run.
             stats_entry = write_statistics(
                 FileSystems.join(run_dir, "stats"),
                 stats_document(stats, categories, duplicates),
-                title=f"coco-beam statistics: run {cfg.run_id}",
+                title="coco-beam statistics: " + ", ".join(sorted(categories)),
             )
         splits = {}
         for s in chosen:
@@ -290,9 +291,7 @@ class _PublishFn(beam.DoFn):
             (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
             "application/json",
         )
-        _write_bytes(
-            FileSystems.join(cfg.output, "LATEST"), (cfg.run_id + "\n").encode(), "text/plain"
-        )
+        _point_latest(cfg.output, cfg.run_id)
         stale = [f.temp_path for s in extra for f in s.files]
         if FileSystems.exists(cfg.temp_dir):
             stale.append(cfg.temp_dir)
@@ -300,6 +299,16 @@ class _PublishFn(beam.DoFn):
             FileSystems.delete(stale)
         _LOGGER.info("published run %s: %d shards", cfg.run_id, len(chosen))
         yield manifest
+
+
+def _point_latest(output: str, run_id: str) -> None:
+    """Moves ``OUT/LATEST`` to ``run_id`` in one step: the new pointer is written beside it and
+    renamed over it (an atomic replace on a local disk; on an object store the copy that
+    renames it is atomic), so a kill never leaves a reader an empty or partial pointer."""
+    latest = FileSystems.join(output, "LATEST")
+    staged = FileSystems.join(output, f".LATEST.{run_id}")
+    _write_bytes(staged, (run_id + "\n").encode(), "text/plain")
+    FileSystems.rename([staged], [latest])
 
 
 def _iso(ts: float) -> str:
