@@ -42,6 +42,7 @@ def portable_services(tmp_path_factory):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     job_port, pool_port = _free_port(), _free_port()
     logs = tmp_path_factory.mktemp("portable-logs")
+    staging = tmp_path_factory.mktemp("portable-staging")
     job_log, pool_log = open(logs / "job.log", "w"), open(logs / "pool.log", "w")
     procs = [
         subprocess.Popen(
@@ -50,6 +51,7 @@ def portable_services(tmp_path_factory):
                 "-m",
                 "apache_beam.runners.portability.local_job_service_main",
                 f"--port={job_port}",
+                f"--staging_dir={staging}",
             ],
             env=env,
             stdout=job_log,
@@ -70,7 +72,7 @@ def portable_services(tmp_path_factory):
     try:
         _wait_for(job_port, procs[0])
         _wait_for(pool_port, procs[1])
-        yield job_port, pool_port
+        yield job_port, pool_port, staging
     finally:
         for proc in procs:
             proc.terminate()
@@ -91,7 +93,7 @@ def _digests(run_dir: str) -> dict:
 def test_portable_runner_with_external_workers_equals_the_direct_runner(
     portable_services, synth_root, synth_build, tmp_path
 ):
-    job_port, pool_port = portable_services
+    job_port, pool_port, _ = portable_services
     out = tmp_path / "portable"
     result = subprocess.run(
         [
@@ -115,6 +117,47 @@ def test_portable_runner_with_external_workers_equals_the_direct_runner(
     run_dir = out / "runs" / (out / "LATEST").read_text().strip()
     direct_dir, _ = synth_build
     assert _digests(str(run_dir)) == _digests(direct_dir)
+
+
+def test_the_built_wheel_is_staged_with_extra_package(portable_services, synth_root, tmp_path):
+    """Worker code travels as the installed package, never a pickled main session: the wheel
+    built from pyproject.toml is staged with the job (the EXTERNAL pool here runs in this
+    environment, where it is installed already; a container worker installs it from staging)."""
+    job_port, pool_port, staging = portable_services
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(wheels), repo],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("coco_beam-*.whl")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "build",
+            f"--coco-root={synth_root}",
+            f"--output={out}",
+            "--runner=PortableRunner",
+            f"--job_endpoint=localhost:{job_port}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config=localhost:{pool_port}",
+            f"--extra_package={wheel}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "save_main_session" not in result.stderr
+    staged = [p for p in staging.rglob("*") if p.name.endswith(wheel.name)]
+    assert staged and staged[0].read_bytes() == wheel.read_bytes()
 
 
 def test_multi_processing_direct_runner_equals_in_memory(synth_root, synth_build, tmp_path):
