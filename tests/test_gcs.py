@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.conftest import run_build, shard_files
+from pipelines import build
+from tests.conftest import IN_MEMORY, run_build, shard_files
 
 EMULATOR = shutil.which("gcp-storage-emulator") or os.path.join(
     os.path.dirname(sys.executable), "gcp-storage-emulator"
@@ -53,7 +54,9 @@ def emulator():
     proc.wait()
 
 
-def test_build_from_gcs_to_gcs_equals_local(emulator, synth_root, synth_build, tmp_path):
+@pytest.fixture(scope="module")
+def gcs_input(emulator, synth_root):
+    """The synthetic dataset uploaded to gs://coco-in/coco; gs://coco-out for outputs."""
     from google.cloud import storage
 
     client = storage.Client.create_anonymous_client()
@@ -63,6 +66,11 @@ def test_build_from_gcs_to_gcs_equals_local(emulator, synth_root, synth_build, t
     for path in glob.glob(os.path.join(synth_root, "**", "*"), recursive=True):
         if os.path.isfile(path):
             bucket.blob("coco/" + os.path.relpath(path, synth_root)).upload_from_filename(path)
+    return client
+
+
+def test_build_from_gcs_to_gcs_equals_local(gcs_input, synth_build, tmp_path):
+    client = gcs_input
 
     # Anonymous access: Beam's GCS client falls back to it when no credentials exist.
     _, manifest = run_build(
@@ -81,3 +89,92 @@ def test_build_from_gcs_to_gcs_equals_local(emulator, synth_root, synth_build, t
     assert not any("/.tmp/" in n for n in names), "temporary shards left behind"
     shards = [n for n in names if "/data/" in n and n.endswith(".parquet")]
     assert len(shards) == len(shard_files(synth_build[0]))
+    # The statistics too, file for file.
+    assert manifest["stats"]["files"] == local["stats"]["files"]
+
+    # coco-beam stats, gs:// to gs://: the same statistics bytes, no shards.
+    _, plan = build.run(
+        ["--coco-root=gs://coco-in/coco", "--output=gs://coco-out/stats", *IN_MEMORY],
+        statistics_only=True,
+    )
+    stats_files = {f["path"]: f["sha256"] for f in local["stats"]["files"]}
+    for path, sha in stats_files.items():
+        data = out.blob(f"stats/runs/{plan.run_id}/{path}").download_as_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha, path
+    assert not list(client.list_blobs("coco-out", prefix=f"stats/runs/{plan.run_id}/data/"))
+
+
+class _FlakyProxy:
+    """An HTTP proxy in front of the emulator that answers 503 to every ``every``-th request
+    of the methods named, and forwards the rest: transient server errors, on purpose."""
+
+    def __init__(self, upstream_port: int, every: int, methods=("GET",)):
+        import http.client
+        import http.server
+        import threading
+
+        self.failed = 0
+        count = {"n": 0}
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with lock:
+                    count["n"] += 1
+                    fail = self.command in methods and count["n"] % every == 0
+                if fail:
+                    proxy.failed += 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_transient_503s_are_retried_and_the_output_is_complete(emulator, gcs_input, synth_build):
+    """The same build through a proxy that answers 503 to every fifth request (reads,
+    listings, uploads): each is retried and the output is complete and unchanged."""
+    proxy = _FlakyProxy(emulator, every=5, methods=("GET", "POST", "PUT"))
+    previous = os.environ["STORAGE_EMULATOR_HOST"]
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{proxy.port}"
+    try:
+        _, manifest = run_build(
+            "--coco-root=gs://coco-in/coco", "--output=gs://coco-out/flaky", "--num-shards=2"
+        )
+    finally:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+        proxy.close()
+    assert proxy.failed > 10
+    _, local = synth_build
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in local["shards"]]
+    assert manifest["counts"] == local["counts"]
