@@ -1,6 +1,8 @@
 """Options of the build pipeline: a ``PipelineOptions`` subclass, so runners and templates see them.
 
 Everything not listed here is a Beam pipeline option (``--runner``, ``--direct_num_workers``...).
+Each option is also accepted with underscores (``--coco_root``), as Beam's own options are
+spelled and as template launchers and schedulers pass parameters.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class BuildOptions(PipelineOptions):
         group = parser.add_argument_group("coco-beam build")
         group.add_argument(
             "--coco-root",
+            "--coco_root",
             dest="coco_root",
             default=None,
             help="A COCO dataset in the official layout: ROOT/annotations/<family>_<split>.json "
@@ -89,6 +92,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--tfrecord-masks",
+            "--tfrecord_masks",
             dest="tfrecord_masks",
             action="store_true",
             default=False,
@@ -97,6 +101,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--panoptic-semantic",
+            "--panoptic_semantic",
             dest="panoptic_semantic",
             action="store_true",
             default=False,
@@ -105,6 +110,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--no-statistics",
+            "--no_statistics",
             dest="statistics",
             action="store_false",
             default=True,
@@ -112,6 +118,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--num-shards",
+            "--num_shards",
             dest="num_shards",
             type=_positive_int,
             default=None,
@@ -119,6 +126,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--shard-bytes",
+            "--shard_bytes",
             dest="shard_bytes",
             type=_positive_int,
             default=DEFAULT_SHARD_BYTES,
@@ -126,6 +134,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--row-group-bytes",
+            "--row_group_bytes",
             dest="row_group_bytes",
             type=_positive_int,
             default=64 * 1024 * 1024,
@@ -133,6 +142,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--io-threads",
+            "--io_threads",
             dest="io_threads",
             type=_positive_int,
             default=3,
@@ -140,6 +150,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--max-pixels",
+            "--max_pixels",
             dest="max_pixels",
             type=_positive_int,
             default=DEFAULT_MAX_PIXELS,
@@ -147,6 +158,7 @@ class BuildOptions(PipelineOptions):
         )
         group.add_argument(
             "--max-rejected-fraction",
+            "--max_rejected_fraction",
             dest="max_rejected_fraction",
             type=_fraction,
             default=DEFAULT_MAX_REJECTED_FRACTION,
