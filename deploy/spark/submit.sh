@@ -1,18 +1,15 @@
 #!/bin/sh
-# coco-beam on Spark, through Beam's Spark job server (the portable path). Start the job server
-# next to the Spark master, with SDK worker pools beside the executors (the coco-beam worker
-# image with --worker_pool, as in deploy/flink/), then submit the build:
-#
-#   docker run --net=host apache/beam_spark3_job_server:2.77.0 \
-#       --spark-master-url=spark://SPARK_MASTER:7077
-#
+# coco-beam on Spark with Beam's SparkRunner: it starts Beam's Spark job server (from its jar,
+# fetched once from Maven Central, or the one given with --spark_job_server_jar) and submits the
+# portable pipeline to the Spark master. SDK workers run as pools beside the executors (the
+# coco-beam worker image with --worker_pool, as in deploy/flink/), reached on localhost:50000.
+# The job server can also run on its own, with --runner=PortableRunner --job_endpoint=HOST:8099:
+#   docker run --net=host apache/beam_spark3_job_server:2.77.0 --spark-master-url=spark://MASTER:7077
 set -eu
 coco-beam build \
-  --coco-root="${COCO_ROOT:?gs:// folder in COCO's layout}" \
+  --coco-root="${COCO_ROOT:?gs:// folder in COCO layout}" \
   --output="${OUTPUT:?gs:// output folder}" \
-  --runner=PortableRunner \
-  --job_endpoint="${JOB_ENDPOINT:-localhost:8099}" \
+  --runner=SparkRunner \
+  --spark_master_url="spark://${SPARK_MASTER:?host of the Spark master}:7077" \
   --environment_type=EXTERNAL \
   --environment_config="${WORKER_POOL:-localhost:50000}"
-# Beam's SparkRunner can also start the job server itself from its jar:
-#   coco-beam build ... --runner=SparkRunner --spark_master_url=spark://SPARK_MASTER:7077
