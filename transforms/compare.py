@@ -7,18 +7,10 @@ identical builds compare as ``{"changed": false, ...}`` with empty lists.
 
 from __future__ import annotations
 
+from transforms.stats import HEADLINE_COUNTS
+
 __all__ = ["compare_stats", "format_comparison"]
 
-_HEADLINE = (
-    "num_images",
-    "num_annotations",
-    "num_crowd",
-    "num_captions",
-    "num_images_without_annotations",
-    "num_zero_size_boxes",
-    "num_boxes_outside_image",
-    "num_pixels",
-)
 _CATEGORY = (
     "num_instances",
     "num_images",
@@ -37,7 +29,7 @@ def _scopes(doc: dict) -> dict:
 
 def _headline(old: dict, new: dict) -> dict:
     out = {}
-    for key in _HEADLINE:
+    for key in HEADLINE_COUNTS:
         a, b = old.get(key, 0), new.get(key, 0)
         if a != b:
             out[key] = {"old": a, "new": b, "delta": b - a}

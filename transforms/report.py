@@ -88,18 +88,24 @@ def _category_label(cat: dict) -> str:
     return f"{cat['name']} ({cat['id']})"
 
 
-def _class_balance(doc):
-    import plotly.graph_objects as go
-
+def _category_bars(doc, title: str):
+    """Categories with instances, fewest first (so the most frequent is drawn on top), their
+    labels, and a stacked horizontal bar figure tall enough for them."""
     cats = sorted(doc["categories"], key=lambda c: (c["num_instances"], -c["id"]))
     cats = [c for c in cats if c["num_instances"]]
     fig = _figure(
-        title="Instances per category",
+        title=title,
         barmode="stack",
         height=max(400, 18 * len(cats) + 120),
         xaxis_title="instances",
     )
-    labels = [_category_label(c) for c in cats]
+    return cats, [_category_label(c) for c in cats], fig
+
+
+def _class_balance(doc):
+    import plotly.graph_objects as go
+
+    cats, labels, fig = _category_bars(doc, "Instances per category")
     for split, s in _scopes(doc):
         by_id = {c["id"]: c for c in s["categories"]}
         fig.add_trace(
@@ -120,15 +126,9 @@ def _class_balance(doc):
 def _area_buckets(doc):
     import plotly.graph_objects as go
 
-    cats = sorted(doc["categories"], key=lambda c: (c["num_instances"], -c["id"]))
-    cats = [c for c in cats if c["num_instances"]]
-    fig = _figure(
-        title="COCO object sizes per category (by area: small < 32², medium < 96², large)",
-        barmode="stack",
-        height=max(400, 18 * len(cats) + 120),
-        xaxis_title="instances",
+    cats, labels, fig = _category_bars(
+        doc, "COCO object sizes per category (by area: small < 32², medium < 96², large)"
     )
-    labels = [_category_label(c) for c in cats]
     for bucket in ("area_small", "area_medium", "area_large"):
         fig.add_trace(
             go.Bar(

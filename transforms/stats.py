@@ -31,6 +31,7 @@ from transforms.runtime import unpack
 
 __all__ = [
     "GatherStatistics",
+    "HEADLINE_COUNTS",
     "MergeStats",
     "add_image",
     "add_pixels",
@@ -39,6 +40,18 @@ __all__ = [
     "stats_document",
     "summarize",
 ]
+
+# The document's top-level counts, in order (the tables and comparisons list them too).
+HEADLINE_COUNTS = (
+    "num_images",
+    "num_annotations",
+    "num_crowd",
+    "num_captions",
+    "num_images_without_annotations",
+    "num_zero_size_boxes",
+    "num_boxes_outside_image",
+    "num_pixels",
+)
 
 _SMALL, _MEDIUM = 32**2, 96**2
 _GRID = 16  # object centres: a 16 x 16 heatmap over the normalized image

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.stats import STATS_TABLES
+from transforms.stats import HEADLINE_COUNTS
 
 __all__ = ["stats_tables", "table_bytes"]
 
@@ -30,19 +31,7 @@ def stats_tables(doc: dict) -> dict[str, pa.Table]:
         rows["summary"].append(
             {
                 "split": split,
-                **{
-                    k: s[k]
-                    for k in (
-                        "num_images",
-                        "num_annotations",
-                        "num_crowd",
-                        "num_captions",
-                        "num_images_without_annotations",
-                        "num_zero_size_boxes",
-                        "num_boxes_outside_image",
-                        "num_pixels",
-                    )
-                },
+                **{k: s[k] for k in HEADLINE_COUNTS},
                 "people_with_keypoints": s["keypoints"]["people_with_keypoints"],
                 "pixel_mean": s["pixel_mean"] if s["num_images"] else None,
                 "pixel_std": s["pixel_std"] if s["num_images"] else None,
