@@ -287,3 +287,15 @@ def test_panoptic_file_named_explicitly_finds_its_pngs_beside_it(tmp_path):
     assert manifest["counts"]["panoptic"] == {"read": 9, "written": 2, "rejected": 7}
     rows = {r["image_id"]: r for r in _rows(run_dir)}
     assert [s["id"] for s in rows[1]["panoptic"]["segments"]] == [3_000_111, 70_000, 255]
+
+
+def test_overall_statistics_know_things_from_stuff(synth_build):
+    """The test split's categories carry no isthing; the overall figures take it from the
+    splits that do."""
+    run_dir, _ = synth_build
+    with open(os.path.join(run_dir, "stats", "stats.json")) as f:
+        cats = json.load(f)["panoptic"]["categories"]
+    assert {c["id"] for c in cats if c["isthing"] is False} == {
+        c["id"] for c in cats if c["id"] > 183
+    }
+    assert all(c["isthing"] is True for c in cats if c["id"] <= 90)

@@ -348,7 +348,12 @@ def stats_document(per_split: dict, categories: dict, duplicates: list) -> dict:
     union: dict[int, dict] = {}
     for split in sorted(categories):
         for cat_id, cat in categories[split].items():
-            union.setdefault(cat_id, cat)
+            merged = union.setdefault(cat_id, dict(cat))
+            # A test split's image_info file knows names only; another split's files may
+            # know the joints or whether it is a thing.
+            for key, value in cat.items():
+                if merged.get(key) is None and value is not None:
+                    merged[key] = value
     duplicates = sorted(duplicates, key=lambda d: d["sha256"])
     doc = summarize(merge(per_split.values()), union)
     doc["duplicates"] = duplicates
