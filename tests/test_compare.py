@@ -100,3 +100,26 @@ def test_stats_alone_equal_the_builds_and_compare_finds_an_edit(synth_root, synt
 
     missing = _coco_beam("stats", "--compare", str(out), str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no statistics at" in missing.stderr
+
+
+def test_panoptic_changes_are_listed():
+    old, new = small_doc(), small_doc()
+    assert compare_stats(old, new)["scopes"]["(all)"]["panoptic"] == {}
+    sky = {"id": 187, "name": "sky", "isthing": False, "num_segments": 2, "pixels": 900}
+    new["panoptic"] = dict(new["panoptic"], num_images=1, num_segments=2, categories=[sky])
+    diff = compare_stats(old, new)
+    pan = diff["scopes"]["(all)"]["panoptic"]
+    assert diff["changed"] and pan["num_segments"] == {"old": 0, "new": 2, "delta": 2}
+    assert pan["categories"] == [
+        {
+            "id": 187,
+            "name": "sky",
+            "fields": {
+                "num_segments": {"old": 0, "new": 2, "delta": 2},
+                "pixels": {"old": 0, "new": 900, "delta": 900},
+            },
+        }
+    ]
+    assert "panoptic category sky (187): num_segments 0 -> 2, pixels 0 -> 900" in (
+        format_comparison(diff)
+    )

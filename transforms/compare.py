@@ -94,6 +94,36 @@ def _quantiles(old: dict, new: dict) -> dict:
     return out
 
 
+def _panoptic(old: dict, new: dict) -> dict:
+    """Panoptic figures that changed: images, segments, void pixels, and per category its
+    segments and pixels."""
+    a, b = old.get("panoptic") or {}, new.get("panoptic") or {}
+    out = {}
+    for key in ("num_images", "num_segments", "void_pixels"):
+        x, y = a.get(key, 0), b.get(key, 0)
+        if x != y:
+            out[key] = {"old": x, "new": y, "delta": y - x}
+    cats_a = {c["id"]: c for c in a.get("categories", [])}
+    cats_b = {c["id"]: c for c in b.get("categories", [])}
+    changed = []
+    for cat_id in sorted(set(cats_a) | set(cats_b)):
+        x, y = cats_a.get(cat_id, {}), cats_b.get(cat_id, {})
+        fields = {
+            key: {
+                "old": x.get(key, 0),
+                "new": y.get(key, 0),
+                "delta": y.get(key, 0) - x.get(key, 0),
+            }
+            for key in ("num_segments", "pixels")
+            if x.get(key, 0) != y.get(key, 0)
+        }
+        if fields:
+            changed.append({"id": cat_id, "name": (y or x).get("name"), "fields": fields})
+    if changed:
+        out["categories"] = changed
+    return out
+
+
 def compare_stats(old: dict, new: dict) -> dict:
     """The differences of two statistics documents, per scope (``(all)`` and each split)."""
     old_scopes, new_scopes = _scopes(old), _scopes(new)
@@ -105,6 +135,7 @@ def compare_stats(old: dict, new: dict) -> dict:
             "headline": _headline(a, b),
             "categories": _categories(a, b),
             "medians": _quantiles(a, b),
+            "panoptic": _panoptic(a, b),
         }
         scopes[name] = entry
     old_dups = {d["sha256"] for d in old.get("duplicates", [])}
@@ -120,7 +151,11 @@ def compare_stats(old: dict, new: dict) -> dict:
     }
     changed = (
         any(
-            s["status"] != "present" or s["headline"] or s["categories"] or s["medians"]
+            s["status"] != "present"
+            or s["headline"]
+            or s["categories"]
+            or s["medians"]
+            or s["panoptic"]
             for s in scopes.values()
         )
         or duplicates["old_groups"] != duplicates["new_groups"]
@@ -152,7 +187,7 @@ def format_comparison(diff: dict, *, max_categories: int = 25) -> str:
     lines = []
     for name, scope in diff["scopes"].items():
         if scope["status"] == "present" and not (
-            scope["headline"] or scope["categories"] or scope["medians"]
+            scope["headline"] or scope["categories"] or scope["medians"] or scope["panoptic"]
         ):
             continue
         lines.append(f"{name}: {scope['status'] if scope['status'] != 'present' else 'changed'}")
@@ -175,6 +210,16 @@ def format_comparison(diff: dict, *, max_categories: int = 25) -> str:
         for hist, moved in scope["medians"].items():
             m = moved["0.5"]
             lines.append(f"  median {hist:<25} {_num(m['old'])} -> {_num(m['new'])}")
+        pan = scope["panoptic"]
+        for key in ("num_images", "num_segments", "void_pixels"):
+            if key in pan:
+                v = pan[key]
+                lines.append(f"  panoptic {key:<23} {_num(v['old'])} -> {_num(v['new'])}")
+        for cat in pan.get("categories", [])[:max_categories]:
+            fields = ", ".join(
+                f"{k} {_num(v['old'])} -> {_num(v['new'])}" for k, v in cat["fields"].items()
+            )
+            lines.append(f"  panoptic category {cat['name']} ({cat['id']}): {fields}")
     d = diff["duplicates"]
     if d["old_groups"] != d["new_groups"] or d["groups_added"]:
         lines.append(
