@@ -107,9 +107,6 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "keypoints",
         via="joint_name",
     ),
-)
-
-FEATURES += (
     # Images with a panoptic record: Model Garden's label maps, grey PNGs of each pixel's
     # category id (0: void) and of the thing segments' index in segments_info plus one.
     FeatureSpec(
@@ -129,6 +126,7 @@ FEATURES += (
         via="png",
     ),
 )
+
 
 # Which Parquet leaf types each kind may be taken from as they are...
 _FITS = {
