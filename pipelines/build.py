@@ -30,8 +30,10 @@ from apache_beam.options.pipeline_options import (
 from pipelines.layout import find_sources
 from pipelines.options import BuildOptions
 from transforms.assign_shards import AssignShards
+from transforms.incremental import load_previous
 from transforms.join import JoinAnnotationsToImages
-from transforms.publish import PublishConfig, PublishRun
+from transforms.lake import lake_config
+from transforms.publish import PublishConfig, PublishRun, library_versions
 from transforms.rasterize import RasterizeMasks
 from transforms.read_annotations import ReadCocoAnnotations
 from transforms.stats import GatherStatistics
@@ -89,6 +91,23 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
     assigned = rasterized.plans | "AssignShards" >> AssignShards(
         images_dirs, options.shard_bytes, options.num_shards, image_counts=read["image_counts"]
     )
+    settings = {
+        "num_shards": options.num_shards,
+        "shard_bytes": options.shard_bytes,
+        "row_group_bytes": options.row_group_bytes,
+        "max_pixels": options.max_pixels,
+        "max_rejected_fraction": options.max_rejected_fraction,
+        "compression": ShardWriterConfig.compression,
+        "formats": list(options.formats),
+        "statistics": options.statistics,
+        "tfrecord_masks": options.tfrecord_masks,
+        "panoptic_semantic": options.panoptic_semantic,
+    }
+    previous = None
+    if options.formats:
+        previous, why = load_previous(plan.output, settings, library_versions())
+        _LOGGER.info("previous run: %s", previous.run_id if previous else why)
+    reusable = previous if previous is not None and not previous.why and not options.full else None
     writer_config = ShardWriterConfig(
         temp_dir=plan.temp_dir,
         row_group_bytes=options.row_group_bytes,
@@ -99,6 +118,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         statistics=options.statistics,
         tfrecord_masks=options.tfrecord_masks,
         panoptic_semantic=options.panoptic_semantic,
+        previous=reusable,
     )
     written = assigned["keyed"] | "WriteShards" >> WriteShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
@@ -115,18 +135,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         | "AllCounts" >> beam.Flatten()
         | "SumCounts" >> beam.CombinePerKey(sum)
     )
-    settings = {
-        "num_shards": options.num_shards,
-        "shard_bytes": options.shard_bytes,
-        "row_group_bytes": options.row_group_bytes,
-        "max_pixels": options.max_pixels,
-        "max_rejected_fraction": options.max_rejected_fraction,
-        "compression": writer_config.compression,
-        "formats": list(options.formats),
-        "statistics": options.statistics,
-        "tfrecord_masks": options.tfrecord_masks,
-        "panoptic_semantic": options.panoptic_semantic,
-    }
     publish_config = PublishConfig(
         output=plan.output,
         run_id=plan.run_id,
@@ -137,6 +145,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         + [{"path": p, "ignored": True} for p in plan.ignored],
         started=plan.started,
         statistics=options.statistics,
+        previous=previous,
+        incremental=reusable is not None,
+        lake=lake_config(
+            plan.output,
+            options.iceberg_catalog,
+            options.iceberg_properties,
+            options.iceberg_namespace,
+            enabled=options.iceberg and bool(options.formats),
+        ),
     )
     return pipeline | "PublishRun" >> PublishRun(
         publish_config,

@@ -117,6 +117,48 @@ class BuildOptions(PipelineOptions):
             help="Write shards only: no stats/ folder (saves the pixel count of every image).",
         )
         group.add_argument(
+            "--full",
+            dest="full",
+            action="store_true",
+            default=False,
+            help="Rebuild everything, even where the output's last run could be reused "
+            "(default: rebuild only the shards whose images or annotations changed).",
+        )
+        group.add_argument(
+            "--iceberg-catalog",
+            "--iceberg_catalog",
+            dest="iceberg_catalog",
+            default=None,
+            help="The Iceberg catalog to register each run in, as a URI (sqlite:///...,"
+            " postgresql://..., http(s):// for a REST catalog, thrift:// for Hive) or a pyiceberg"
+            " catalog type (glue, bigquery) with --iceberg-property. Default for a local output:"
+            " a SQLite catalog in OUT/iceberg/; none for an object-store output.",
+        )
+        group.add_argument(
+            "--iceberg-property",
+            "--iceberg_property",
+            dest="iceberg_properties",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="A property of the Iceberg catalog (warehouse, credentials...); repeatable.",
+        )
+        group.add_argument(
+            "--iceberg-namespace",
+            "--iceberg_namespace",
+            dest="iceberg_namespace",
+            default="coco_beam",
+            help="The namespace of the tables (default coco_beam).",
+        )
+        group.add_argument(
+            "--no-iceberg",
+            "--no_iceberg",
+            dest="iceberg",
+            action="store_false",
+            default=True,
+            help="Register nothing in an Iceberg catalog.",
+        )
+        group.add_argument(
             "--num-shards",
             "--num_shards",
             dest="num_shards",

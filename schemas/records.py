@@ -181,6 +181,9 @@ class ShardResult:
     written: dict  # kind -> records written
     files_found: int  # images whose file exists (written, or rejected for their content)
     attempt: str  # unique per execution of the shard: a retried bundle writes another
+    state: str | None = None  # temporary path of the shard's state file (``schemas.state``)
+    fingerprint: str = ""  # ``transforms.incremental.shard_fingerprint``
+    reused: bool = False  # its files are the previous run's, linked or copied, not rewritten
 
     @property
     def num_bytes(self) -> int:

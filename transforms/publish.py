@@ -4,11 +4,13 @@ Layout of an output folder::
 
     OUT/LATEST                          the id of the last complete run (written last of all)
     OUT/runs/<run_id>/data/<split>-SSSSS-of-NNNNN.parquet
+    OUT/runs/<run_id>/state/<split>-SSSSS-of-NNNNN.parquet  what a rebuild compares with
     OUT/runs/<run_id>/categories.parquet
     OUT/runs/<run_id>/rejected/rejected.jsonl
     OUT/runs/<run_id>/stats/stats.json   dataset statistics (see ``transforms.stats``)
     OUT/runs/<run_id>/stats/<table>.parquet  the same figures as tables (``schemas.stats``)
     OUT/runs/<run_id>/stats/report.html  the same figures as a page to read (offline)
+    OUT/runs/<run_id>/compare.json      statistics against the previous run's, if there is one
     OUT/runs/<run_id>/manifest.json     written after everything else in the run folder
 
 Guarantees: nothing is renamed or published unless every shard of every split is present and
@@ -36,6 +38,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.parquet import CATEGORIES_SCHEMA
 from schemas.records import KINDS
+from schemas.state import STATE_VERSION
+from transforms.compare import compare_stats
+from transforms.incremental import read_fingerprints, summarize_changes
 from transforms.sharding import shard_name
 from transforms.stats import stats_document
 from transforms.stats_tables import stats_tables, table_bytes
@@ -60,6 +65,12 @@ class PublishConfig:
     sources: list
     started: float
     statistics: bool = True  # write stats/ (off: the manifest's "stats" is null)
+    # The output's last complete run (``transforms.incremental.PreviousRun``), if it has a
+    # state: what changed since is written in the manifest, the statistics compared beside it.
+    previous: object | None = None
+    incremental: bool = False  # shards of ``previous`` may be reused (not ``--full``)
+    # The lake table to register the run's shards in (``transforms.lake.LakeConfig``), if any.
+    lake: object | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.max_rejected_fraction <= 1.0:
@@ -220,10 +231,14 @@ class _PublishFn(beam.DoFn):
             for s in chosen
             for f in s.files
         ]
+        states = [s for s in chosen if s.state]
+        temps += [s.state for s in states]
+        finals += [FileSystems.join(run_dir, _state_path(s)) for s in states]
         if temps:
-            data_dir = FileSystems.join(run_dir, "data")
-            if not FileSystems.exists(data_dir):
-                FileSystems.mkdirs(data_dir)
+            for folder in ("data", "state") if states else ("data",):
+                path = FileSystems.join(run_dir, folder)
+                if not FileSystems.exists(path):
+                    FileSystems.mkdirs(path)
             FileSystems.rename(temps, finals)
         _write_bytes(
             FileSystems.join(run_dir, "categories.parquet"),
@@ -231,13 +246,16 @@ class _PublishFn(beam.DoFn):
             "application/octet-stream",
         )
         stats_entry = None
+        doc = None
         if cfg.statistics:
+            doc = stats_document(stats, categories, duplicates)
             # The report names no run: the same input gives the same bytes in every run.
             stats_entry = write_statistics(
                 FileSystems.join(run_dir, "stats"),
-                stats_document(stats, categories, duplicates),
+                doc,
                 title="coco-beam statistics: " + ", ".join(sorted(categories)),
             )
+        changes = _changes(cfg, chosen, doc, states)
         splits = {}
         for s in chosen:
             entry = splits.setdefault(
@@ -269,10 +287,15 @@ class _PublishFn(beam.DoFn):
                     "rows": s.num_rows,
                     "bytes": f.num_bytes,
                     "sha256": f.sha256,
+                    "state": _state_path(s),
+                    "fingerprint": s.fingerprint,
+                    "reused": s.reused,
                 }
                 for s in chosen
                 for f in s.files
             ],
+            "state_version": STATE_VERSION,
+            "changes": changes,
             "splits": splits,
             "stats": stats_entry,
             "counts": totals,
@@ -291,14 +314,56 @@ class _PublishFn(beam.DoFn):
             (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
             "application/json",
         )
-        _point_latest(cfg.output, cfg.run_id)
         stale = [f.temp_path for s in extra for f in s.files]
+        stale += [s.state for s in extra if s.state]
         if FileSystems.exists(cfg.temp_dir):
             stale.append(cfg.temp_dir)
         if stale:
             FileSystems.delete(stale)
+        _point_latest(cfg.output, cfg.run_id)
+        if cfg.lake is not None:
+            # Last of all: a run killed before this leaves the table's previous snapshot current.
+            from transforms.lake import register_run
+
+            register_run(cfg.lake, manifest, run_dir)
         _LOGGER.info("published run %s: %d shards", cfg.run_id, len(chosen))
         yield manifest
+
+
+def _state_path(shard) -> str:
+    return "state/" + shard_name(shard.split, shard.index, shard.num_shards, "parquet")
+
+
+def _changes(cfg: PublishConfig, chosen: list, doc: dict | None, states: list) -> dict | None:
+    """What changed since the previous run (None without one): images added, removed and
+    modified, shards reused and rewritten; and the statistics comparison, written beside the
+    manifest as ``compare.json``."""
+    previous = cfg.previous
+    if previous is None:
+        return None
+    changes = {
+        "previous_run": previous.run_id,
+        "incremental": cfg.incremental and not previous.why,
+        "why_not_incremental": (
+            None if cfg.incremental and not previous.why else previous.why or "--full"
+        ),
+        "shards_reused": sum(s.reused for s in chosen),
+        "shards_rewritten": sum(not s.reused for s in chosen),
+    }
+    old = read_fingerprints(previous.states())
+    new = read_fingerprints([FileSystems.join(cfg.run_dir, _state_path(s)) for s in states])
+    changes.update(summarize_changes(old, new))
+    old_stats = FileSystems.join(previous.run_dir, "stats", "stats.json")
+    if doc is not None and FileSystems.exists(old_stats):
+        with FileSystems.open(old_stats, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            diff = compare_stats(json.loads(f.read()), doc)
+        _write_bytes(
+            FileSystems.join(cfg.run_dir, "compare.json"),
+            (json.dumps(diff, indent=1, sort_keys=True) + "\n").encode(),
+            "application/json",
+        )
+        changes["statistics_comparison"] = "compare.json"
+    return changes
 
 
 def _point_latest(output: str, run_id: str) -> None:

@@ -2,10 +2,10 @@
 
 An accumulator is a ``collections.Counter`` whose keys name what is counted: ``("n",
 "images")``, ``("cat", category_id, "instances")``, ``("h", histogram, bin)``, ``("pair", a,
-b)``, ``("px", channel, value)``, ``("joint", index, visibility)``. Merging is adding counters,
-so it is exact, associative and commutative: the result does not depend on bundling, workers or
-merge order. Its size is bounded by the bins and categories, never by the number of images (a
-COCO split: a few thousand keys).
+b)``, ``("px", channel, "n" | "sum" | "sq")``, ``("joint", index, visibility)``. Merging is
+adding counters, so it is exact, associative and commutative: the result does not depend on
+bundling, workers or merge order. Its size is bounded by the bins and categories, never by the
+number of images (a COCO split: a few thousand keys).
 
 Guarantees of ``summarize``:
   * counts are exact; COCO's area buckets use the annotation's ``area``: small below 32*32,
@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable
 
 import apache_beam as beam
+import numpy as np
 from pycocotools import mask as mask_utils
 
 from transforms.runtime import unpack
@@ -34,9 +35,11 @@ __all__ = [
     "HEADLINE_COUNTS",
     "MergeStats",
     "add_image",
+    "add_pixel_sums",
     "add_pixels",
     "find_duplicates",
     "merge",
+    "pixel_sums",
     "stats_document",
     "summarize",
 ]
@@ -147,13 +150,33 @@ def add_image(
     return acc
 
 
+_VALUES = np.arange(256, dtype=np.int64)
+_POWERS = np.stack([np.ones(256, np.int64), _VALUES, _VALUES * _VALUES], axis=1)  # 256 x 3
+
+
+def pixel_sums(histogram) -> tuple[int, list[int], list[int]]:
+    """``(pixels, [sum of R, G, B], [sum of squares of R, G, B])`` from 768 per-channel counts
+    (R, G, B; 256 values each), exact integers (int64 holds 255^2 times 2^47 pixels)."""
+    moments = np.asarray(histogram, np.int64).reshape(3, 256) @ _POWERS  # 3 x (n, sum, sq)
+    return int(moments[0, 0]), [int(v) for v in moments[:, 1]], [int(v) for v in moments[:, 2]]
+
+
+def add_pixel_sums(
+    acc: collections.Counter, n: int, sums: Iterable[int], squares: Iterable[int]
+) -> collections.Counter:
+    """Adds the exact pixel sums of one or many images (see ``pixel_sums``)."""
+    if n:
+        for channel, (s, q) in enumerate(zip(sums, squares, strict=True)):
+            acc["px", channel, "n"] += n
+            acc["px", channel, "sum"] += s
+            acc["px", channel, "sq"] += q
+    return acc
+
+
 def add_pixels(acc: collections.Counter, histogram: Iterable[int]) -> collections.Counter:
     """Adds 768 per-channel pixel counts (R, G, B; 256 values each), e.g. the sum of many
     images' ``ImageFacts.pixel_histogram``."""
-    for i, n in enumerate(histogram):
-        if n:
-            acc["px", i // 256, i % 256] += int(n)
-    return acc
+    return add_pixel_sums(acc, *pixel_sums(histogram))
 
 
 def _add_annotation(acc: collections.Counter, ann: dict, width: int, height: int) -> None:
@@ -223,14 +246,12 @@ def _histogram(acc: collections.Counter, name: str) -> dict:
 def _pixels(acc: collections.Counter) -> tuple[list, list]:
     means, stds = [], []
     for channel in range(3):
-        counts = [(v, acc["px", channel, v]) for v in range(256)]
-        n = sum(c for _, c in counts)
+        n = acc["px", channel, "n"]
         if not n:
             means.append(None)
             stds.append(None)
             continue
-        total = sum(v * c for v, c in counts)
-        squares = sum(v * v * c for v, c in counts)
+        total, squares = acc["px", channel, "sum"], acc["px", channel, "sq"]
         # Exact integers until this one division each: n * sum(x^2) - sum(x)^2 >= 0.
         means.append(total / n)
         stds.append(math.sqrt((n * squares - total * total) / (n * n)))

@@ -22,25 +22,36 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import json
+import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import parquet as contract
-from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardResult
+from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardFile, ShardResult
 from transforms.coco_json import RecordError
 from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
+from transforms.incremental import (
+    PreviousRun,
+    crc32c_hex,
+    link_or_copy,
+    read_state,
+    record_fingerprint,
+    shard_fingerprint,
+    state_bytes,
+    stored_crc32c,
+)
 from transforms.panoptic import PanopticFacts, inspect_panoptic
 from transforms.parquet_file import ParquetFile
 from transforms.progress import ProgressReporter
 from transforms.runtime import pack, relax_gc, unpack
 from transforms.sharding import shard_name
-from transforms.stats import add_image, add_pixels
+from transforms.stats import add_image, add_pixel_sums, pixel_sums
 from transforms.tfrecord_file import TFRecordFile
 
 __all__ = [
@@ -83,6 +94,8 @@ class ShardWriterConfig:
     panoptic_semantic: bool = False
     # Off: no statistics are gathered (no pixel histograms, no accumulators, no digests).
     statistics: bool = True
+    # The output's last complete run, when this run rebuilds incrementally.
+    previous: PreviousRun | None = None
 
     def __post_init__(self):
         unknown = set(self.formats) - set(FORMATS)
@@ -96,14 +109,35 @@ class ShardWriterConfig:
             raise ValueError("max_pixels must be positive")
 
 
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """One image read (and decoded unless its facts were known): its bytes, what decoding
+    found, its panoptic record's facts (or rejection), and the CRC32C of the image and PNG."""
+
+    data: bytes
+    facts: ImageFacts
+    panoptic: PanopticFacts | Rejection | None
+    image_fp: str
+    panoptic_fp: str | None
+    # Exact pixel sums ``(n, sums, squares)``; None when statistics are off.
+    pixels: tuple | None
+    reused: bool = False
+
+
 def load_image(
-    plan: ImagePlan, max_pixels: int, filesystem=None, histogram: bool = True
-) -> tuple[bytes, ImageFacts, PanopticFacts | Rejection | None] | Rejection:
+    plan: ImagePlan,
+    max_pixels: int,
+    filesystem=None,
+    histogram: bool = True,
+    known: dict | None = None,
+) -> Loaded | Rejection:
     """Reads and decodes one image, and its panoptic PNG if it has one. Permanent faults come
-    back as a ``Rejection`` (the image's, or the panoptic record's in the third place);
+    back as a ``Rejection`` (the image's, or the panoptic record's in ``Loaded.panoptic``);
     transient storage errors are raised. ``filesystem``: the Beam filesystem of
     ``plan.path``, if the caller holds one (finding it costs more than reading a small local
-    file)."""
+    file). ``known``: the previous run's state row of this image; when its bytes' CRC32C and
+    the JSON's size are the same, its facts are taken from there and the image is not
+    decoded again."""
     try:
         fs = filesystem or FileSystems.get_filesystem(plan.path)
         with fs.open(plan.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -120,6 +154,20 @@ def load_image(
             plan.source,
             plan.split,
         )
+    image_fp = crc32c_hex(data)
+    panoptic, panoptic_fp = _load_panoptic(plan)
+    if _facts_known(known, plan, image_fp, histogram):
+        facts = ImageFacts(
+            known["sha256"],
+            known["format"],
+            known["mode"],
+            known["decoded_width"],
+            known["decoded_height"],
+            known["exif_orientation"],
+            tuple(known["flags"]),
+        )
+        pixels = (known["px_n"], known["px_sum"], known["px_sq"]) if histogram else None
+        return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels, reused=True)
     try:
         facts = inspect_image(
             data, plan.width, plan.height, max_pixels=max_pixels, histogram=histogram
@@ -135,19 +183,31 @@ def load_image(
             plan.split,
             hashlib.sha256(data).hexdigest(),
         )
-    return data, facts, _load_panoptic(plan)
+    pixels = pixel_sums(facts.pixel_histogram) if histogram else None
+    return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels)
 
 
-def _load_panoptic(plan: ImagePlan) -> PanopticFacts | Rejection | None:
+def _facts_known(known: dict | None, plan: ImagePlan, image_fp: str, histogram: bool) -> bool:
+    return (
+        known is not None
+        and known["written"]
+        and known["image_fp"] == image_fp
+        and (known["width"], known["height"]) == (plan.width, plan.height)
+        and (not histogram or known["px_n"] is not None)
+    )
+
+
+def _load_panoptic(plan: ImagePlan) -> tuple[PanopticFacts | Rejection | None, str | None]:
+    """The panoptic record's facts (or its rejection) and the CRC32C of its PNG."""
     pan = plan.panoptic
     if pan is None:
-        return None
+        return None, None
     data = b""
     try:
         # Beam's FileSystems: the PNGs may sit on another filesystem than the images.
         with FileSystems.open(pan["path"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
             data = f.read()
-        return inspect_panoptic(data, plan.width, plan.height, pan["segments"])
+        return inspect_panoptic(data, plan.width, plan.height, pan["segments"]), crc32c_hex(data)
     except RecordError as exc:
         reason, error, message = exc.reason, type(exc).__name__, str(exc)[:200]
     except Exception as exc:
@@ -155,7 +215,7 @@ def _load_panoptic(plan: ImagePlan) -> PanopticFacts | Rejection | None:
             raise
         reason, error = Reason.IMAGE_MISSING, type(exc).__name__
         message = f"no panoptic PNG {pan['file_name']!r}"
-    return Rejection(
+    rejection = Rejection(
         "panoptic",
         str(plan.image_id),
         reason,
@@ -165,6 +225,41 @@ def _load_panoptic(plan: ImagePlan) -> PanopticFacts | Rejection | None:
         plan.split,
         hashlib.sha256(data).hexdigest() if data else "",
     )
+    return rejection, crc32c_hex(data) if data else None
+
+
+def _panoptic_stats(panoptic: PanopticFacts) -> str:
+    """The statistics' view of an accepted panoptic record, as the state keeps it."""
+    segments = [[s["category_id"], bool(s["isthing"]), s["area"]] for s in panoptic.segments]
+    return json.dumps({"void": panoptic.void_pixels, "segments": segments})
+
+
+def _panoptic_from_state(text: str) -> types.SimpleNamespace:
+    doc = json.loads(text)
+    segments = [{"category_id": c, "isthing": t, "area": a} for c, t, a in doc["segments"]]
+    return types.SimpleNamespace(void_pixels=doc["void"], segments=segments)
+
+
+def _probe(plan: ImagePlan, filesystem) -> tuple[str | None, str | None]:
+    """The CRC32C of an image and of its panoptic PNG, from the store's checksum where it
+    keeps one, else from the bytes; None for a file that is not there."""
+
+    def one(path, fs):
+        stored = stored_crc32c(path)
+        if stored is not None:
+            return stored
+        try:
+            with fs.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                return crc32c_hex(f.read())
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+            return None
+
+    image = one(plan.path, filesystem)
+    if plan.panoptic is None:
+        return image, None
+    return image, one(plan.panoptic["path"], FileSystems.get_filesystem(plan.panoptic["path"]))
 
 
 def _in_order(pool, fn, items, window):
@@ -193,6 +288,7 @@ class _WriteShardFn(beam.DoFn):
         self._decoded = Metrics.counter("coco_beam", "images_decoded")
         self._rejected = Metrics.counter("coco_beam", "images_rejected")
         self._shards = Metrics.counter("coco_beam", "shards_written")
+        self._reused = Metrics.counter("coco_beam", "shards_reused")
         self._progress = ProgressReporter(self._config.progress_dir, "done")
         self._filesystems = {}
 
@@ -221,80 +317,248 @@ class _WriteShardFn(beam.DoFn):
         (split, index), batches = element
         n = num_shards[split]
         plans = sorted((p for packed in batches for p in unpack(packed)), key=lambda p: p.image_id)
-        attempt = uuid.uuid4().hex
-        files = [
-            self._open(
-                fmt,
-                FileSystems.join(
-                    self._config.temp_dir, f"{shard_name(split, index, n, fmt)}.{attempt}"
-                ),
-                categories.get(split, {}),
-            )
-            for fmt in self._config.formats
-        ]
-        written = collections.Counter()
-        rejections = []
-        stats = collections.Counter()
-        pixels = np.zeros(768, np.int64)
-        digests: dict[str, list] = {}
-        found = 0
-        num_rows = 0
-        window = 2 * self._config.io_threads + 2
+        cats = categories.get(split, {})
+        shard = _Shard(split, index, n, uuid.uuid4().hex, plans)
         filesystem = self._filesystem(plans[0].path) if plans else None
-        statistics = self._config.statistics
+        previous = None
+        if self._config.previous is not None and self._config.formats:
+            previous = self._config.previous.shard(split, index, n)
+        known = read_state(previous["state"]) if previous else {}
+        if self._config.formats:
+            shard.record_fps = [record_fingerprint(p) for p in plans]
+        if previous is not None and self._reusable(shard, known, previous, cats, filesystem):
+            yield from self._reuse(shard, known, previous)
+            return
+        yield from self._write(shard, known, cats, filesystem)
+
+    def _temp_path(self, shard: _Shard, fmt: str) -> str:
+        name = shard_name(shard.split, shard.index, shard.num_shards, fmt)
+        return FileSystems.join(self._config.temp_dir, f"{name}.{shard.attempt}")
+
+    def _reusable(self, shard, known, previous, cats, filesystem) -> bool:
+        """True when the previous run wrote this shard from exactly these unchanged images."""
+        if len(known) != len(shard.plans) or any(
+            (row := known.get(plan.image_id)) is None
+            or not row["written"]
+            or row["record_fp"] != fp
+            or (plan.panoptic is not None and row["panoptic_stats"] is None)
+            for plan, fp in zip(shard.plans, shard.record_fps, strict=True)
+        ):
+            return False
+        probe = functools.partial(_probe, filesystem=filesystem)
+        window = 4 * self._config.io_threads
+        for plan, (image_fp, panoptic_fp) in _in_order(self._pool, probe, shard.plans, window):
+            row = known[plan.image_id]
+            if (image_fp, panoptic_fp) != (row["image_fp"], row["panoptic_fp"]):
+                return False
+        members = [
+            (p.image_id, fp, known[p.image_id]["image_fp"], known[p.image_id]["panoptic_fp"])
+            for p, fp in zip(shard.plans, shard.record_fps, strict=True)
+        ]
+        shard.fingerprint = shard_fingerprint(shard.num_shards, cats, members)
+        return shard.fingerprint == previous["fingerprint"] and all(
+            fmt in previous["files"] for fmt in self._config.formats
+        )
+
+    def _reuse(self, shard, known, previous):
+        """Puts the previous run's files of this shard into this run, unchanged, and counts
+        its images from the state (nothing is read or decoded)."""
+        files = []
+        for fmt in self._config.formats:
+            old = previous["files"][fmt]
+            temp = self._temp_path(shard, fmt)
+            link_or_copy(old["path"], temp)
+            files.append(ShardFile(fmt, temp, old["bytes"], old["sha256"]))
+        state = self._temp_path(shard, "state.parquet")
+        link_or_copy(previous["state"], state)
+        acc = _Accumulator(shard.split, self._config.statistics)
+        for plan in shard.plans:
+            row = known[plan.image_id]
+            panoptic = None
+            if plan.panoptic is not None:
+                panoptic = _panoptic_from_state(row["panoptic_stats"])
+            acc.add(
+                plan,
+                row["format"],
+                row["mode"],
+                row["exif_orientation"],
+                row["num_bytes"],
+                row["sha256"],
+                (row["px_n"], row["px_sum"], row["px_sq"]),
+                panoptic,
+            )
+        self._progress.add(len(shard.plans))
+        self._progress.flush()
+        self._reused.inc()
+        shard.files_found = len(shard.plans)
+        yield from self._emit(shard, tuple(files), state, acc, [], reused=True)
+
+    def _write(self, shard, known, cats, filesystem):
+        files = [self._open(fmt, self._temp_path(shard, fmt), cats) for fmt in self._config.formats]
+        rejections = []
+        acc = _Accumulator(shard.split, self._config.statistics)
+        state_rows = []
+        window = 2 * self._config.io_threads + 2
         load = functools.partial(
-            load_image,
+            _load_known,
             max_pixels=self._config.max_pixels,
             filesystem=filesystem,
-            histogram=statistics,
+            histogram=self._config.statistics,
+            known=known,
         )
-        for plan, loaded in _in_order(self._pool, load, plans, window):
+        ids = (p.image_id for p in shard.plans)
+        record_fps = dict(zip(ids, shard.record_fps or (), strict=False))
+        for plan, loaded in _in_order(self._pool, load, shard.plans, window):
             self._progress.add(1)
+            record_fp = record_fps.get(plan.image_id, "")
             if isinstance(loaded, Rejection):
-                found += loaded.reason != Reason.IMAGE_MISSING
+                shard.files_found += loaded.reason != Reason.IMAGE_MISSING
                 self._rejected.inc()
                 rejections.append(loaded)
                 rejections.extend(_dependents(plan))
+                state_rows.append(_state_row(plan, record_fp, None))
                 continue
-            found += 1
-            data, facts, panoptic = loaded
+            shard.files_found += 1
+            panoptic = loaded.panoptic
             if isinstance(panoptic, Rejection):
                 rejections.append(panoptic)
                 panoptic = None
-            self._decoded.inc()
+            if not loaded.reused:
+                self._decoded.inc()
             for f in files:
-                f.add(plan, data, facts, panoptic)
-            num_rows += 1
-            written["image"] += 1
-            written["annotation"] += len(plan.annotations)
-            written["caption"] += len(plan.captions)
-            written["panoptic"] += panoptic is not None
-            if not statistics:
-                continue
-            add_image(
-                stats,
-                width=plan.width,
-                height=plan.height,
-                fmt=facts.format,
-                mode=facts.mode,
-                exif_orientation=facts.exif_orientation,
-                num_bytes=len(data),
-                annotations=plan.annotations,
-                captions=plan.captions,
-                panoptic=panoptic,
+                f.add(plan, loaded.data, loaded.facts, panoptic)
+            state_rows.append(_state_row(plan, record_fp, loaded, panoptic))
+            facts = loaded.facts
+            acc.add(
+                plan,
+                facts.format,
+                facts.mode,
+                facts.exif_orientation,
+                len(loaded.data),
+                facts.sha256,
+                loaded.pixels,
+                panoptic,
             )
-            pixels += facts.pixel_histogram
-            digests.setdefault(facts.sha256[:2], []).append((facts.sha256, split, plan.image_id))
         results = tuple(f.close() for f in files)
+        state = None
+        if self._config.formats:
+            state = self._temp_path(shard, "state.parquet")
+            _write_file(state, state_bytes(state_rows))
+            members = [
+                (r["image_id"], r["record_fp"], r.get("image_fp"), r.get("panoptic_fp"))
+                for r in state_rows
+            ]
+            shard.fingerprint = shard_fingerprint(shard.num_shards, cats, members)
         self._progress.flush()
+        yield from self._emit(shard, results, state, acc, rejections, reused=False)
+
+    def _emit(self, shard, files, state, acc, rejections, *, reused):
         self._shards.inc()
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)
-        if statistics:
-            yield beam.pvalue.TaggedOutput(STATS, (split, add_pixels(stats, pixels)))
-        for prefix in sorted(digests):
-            yield beam.pvalue.TaggedOutput(DIGESTS, (prefix, pack(digests[prefix])))
-        yield ShardResult(split, index, n, results, num_rows, dict(written), found, attempt)
+        if self._config.statistics:
+            yield beam.pvalue.TaggedOutput(STATS, (shard.split, acc.stats))
+        for prefix in sorted(acc.digests):
+            yield beam.pvalue.TaggedOutput(DIGESTS, (prefix, pack(acc.digests[prefix])))
+        yield ShardResult(
+            shard.split,
+            shard.index,
+            shard.num_shards,
+            files,
+            acc.num_rows,
+            dict(acc.written),
+            shard.files_found,
+            shard.attempt,
+            state=state,
+            fingerprint=shard.fingerprint,
+            reused=reused,
+        )
+
+
+@dataclasses.dataclass
+class _Shard:
+    split: str
+    index: int
+    num_shards: int
+    attempt: str  # unique per execution of the shard: a retried bundle writes another
+    plans: list
+    record_fps: list | None = None
+    fingerprint: str = ""
+    files_found: int = 0
+
+
+class _Accumulator:
+    """A shard's counts, statistics accumulator and content hashes, image by image."""
+
+    def __init__(self, split: str, statistics: bool):
+        self.split, self.statistics = split, statistics
+        self.written = collections.Counter()
+        self.num_rows = 0
+        self.stats = collections.Counter()
+        self.digests: dict[str, list] = {}
+
+    def add(self, plan, fmt, mode, exif_orientation, num_bytes, sha256, pixels, panoptic):
+        self.num_rows += 1
+        self.written["image"] += 1
+        self.written["annotation"] += len(plan.annotations)
+        self.written["caption"] += len(plan.captions)
+        self.written["panoptic"] += panoptic is not None
+        if not self.statistics:
+            return
+        add_image(
+            self.stats,
+            width=plan.width,
+            height=plan.height,
+            fmt=fmt,
+            mode=mode,
+            exif_orientation=exif_orientation,
+            num_bytes=num_bytes,
+            annotations=plan.annotations,
+            captions=plan.captions,
+            panoptic=panoptic,
+        )
+        add_pixel_sums(self.stats, *pixels)
+        self.digests.setdefault(sha256[:2], []).append((sha256, self.split, plan.image_id))
+
+
+def _load_known(plan, *, max_pixels, filesystem, histogram, known):
+    return load_image(plan, max_pixels, filesystem, histogram, known.get(plan.image_id))
+
+
+def _state_row(plan: ImagePlan, record_fp: str, loaded, panoptic=None) -> dict:
+    row = {
+        "image_id": plan.image_id,
+        "written": loaded is not None,
+        "record_fp": record_fp,
+        "width": plan.width,
+        "height": plan.height,
+    }
+    if loaded is None:
+        return row
+    facts = loaded.facts
+    row.update(
+        image_fp=loaded.image_fp,
+        panoptic_fp=loaded.panoptic_fp,
+        decoded_width=facts.width,
+        decoded_height=facts.height,
+        sha256=facts.sha256,
+        format=facts.format,
+        mode=facts.mode,
+        exif_orientation=facts.exif_orientation,
+        flags=list(facts.flags),
+        num_bytes=len(loaded.data),
+        panoptic_stats=_panoptic_stats(panoptic) if panoptic is not None else None,
+    )
+    if loaded.pixels is not None:
+        row.update(px_n=loaded.pixels[0], px_sum=loaded.pixels[1], px_sq=loaded.pixels[2])
+    return row
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with FileSystems.create(
+        path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+        f.write(data)
 
 
 def _dependents(plan: ImagePlan) -> list[Rejection]:

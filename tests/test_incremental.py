@@ -1,0 +1,252 @@
+"""Incremental rebuilds and the Iceberg lake table.
+
+A synthetic dataset is built, then changed as labelling teams change data (one image's bytes
+replaced, one annotation's category changed, one image added, one removed) and rebuilt into
+the same output. The rebuild must rewrite only the shards holding a change, leave the others
+byte-identical (the very same files, linked), equal a full build of the changed input byte for
+byte (shards in both formats, state, statistics), say what changed in its manifest, and leave
+two snapshots in the Iceberg table, each reading back as its run's rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import duckdb
+import pytest
+from PIL import Image
+
+from tests.conftest import run_build
+
+SHARDS = ["--num-shards=6", "--formats=parquet,tfrecord"]
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _dump(path, doc):
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def _digests(run_dir: str, *folders: str) -> dict:
+    out = {}
+    for folder in folders:
+        for path in sorted(glob.glob(os.path.join(run_dir, folder, "*"))):
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, run_dir)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def _change_dataset(root: str) -> dict:
+    """Changes the train split in four ways; returns the ids involved."""
+    ann_dir = os.path.join(root, "annotations")
+    instances = _load(os.path.join(ann_dir, "instances_train2017.json"))
+    images = sorted(instances["images"], key=lambda i: i["id"])
+    by_image: dict[int, list] = {}
+    for ann in instances["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    keypoint_ids = {
+        a["id"]
+        for a in _load(os.path.join(ann_dir, "person_keypoints_train2017.json"))["annotations"]
+    }
+
+    # 1. One image's bytes replaced by another picture of the same size.
+    replaced = images[3]
+    path = os.path.join(root, "train2017", replaced["file_name"])
+    with Image.open(path) as im:
+        picture = im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    sink = io.BytesIO()
+    picture.save(sink, format="JPEG", quality=88)
+    with open(path, "wb") as f:
+        f.write(sink.getvalue())
+
+    # 2. One annotation's category changed (an object without keypoints).
+    relabelled = next(
+        a for img in images[10:] for a in by_image.get(img["id"], []) if a["id"] not in keypoint_ids
+    )
+    other = next(c["id"] for c in instances["categories"] if c["id"] != relabelled["category_id"])
+    relabelled["category_id"] = other
+
+    # 3. One image added: a copy of another one's file, with one object.
+    source = images[5]
+    added_id = max(i["id"] for i in images) + 1000
+    added = dict(source, id=added_id, file_name=f"{added_id:012d}.jpg")
+    shutil.copyfile(
+        os.path.join(root, "train2017", source["file_name"]),
+        os.path.join(root, "train2017", added["file_name"]),
+    )
+    instances["images"].append(added)
+    next_ann = max(a["id"] for a in instances["annotations"]) + 1
+    template = next(a for a in instances["annotations"] if a["id"] not in keypoint_ids)
+    instances["annotations"].append(
+        dict(
+            template,
+            id=next_ann,
+            image_id=added_id,
+            bbox=[1.0, 2.0, 30.0, 40.0],
+            segmentation=[[1.0, 2.0, 31.0, 2.0, 31.0, 42.0, 1.0, 42.0]],
+            area=1200.0,
+        )
+    )
+    _dump(os.path.join(ann_dir, "instances_train2017.json"), instances)
+
+    # 4. One image removed from every annotation file, its file deleted.
+    removed = images[-1]
+    for name in os.listdir(ann_dir):
+        if not (name.endswith("_train2017.json")):
+            continue
+        doc = _load(os.path.join(ann_dir, name))
+        doc["images"] = [i for i in doc["images"] if i["id"] != removed["id"]]
+        doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != removed["id"]]
+        _dump(os.path.join(ann_dir, name), doc)
+    os.remove(os.path.join(root, "train2017", removed["file_name"]))
+    return {
+        "replaced": replaced["id"],
+        "relabelled": relabelled["image_id"],
+        "added": added_id,
+        "removed": removed["id"],
+    }
+
+
+@pytest.fixture(scope="module")
+def rebuilt(synth_root, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("changing") / "coco")
+    shutil.copytree(synth_root, root)
+    out = str(tmp_path_factory.mktemp("incremental-out"))
+    first = run_build(f"--coco-root={root}", f"--output={out}", *SHARDS)
+    changed = _change_dataset(root)
+    second = run_build(f"--coco-root={root}", f"--output={out}", *SHARDS)
+    full = run_build(
+        f"--coco-root={root}", f"--output={tmp_path_factory.mktemp('full-out')}", *SHARDS
+    )
+    return {"out": out, "first": first, "second": second, "full": full, "changed": changed}
+
+
+def test_rebuild_equals_a_full_build_of_the_new_input(rebuilt):
+    (second_dir, second), (full_dir, full) = rebuilt["second"], rebuilt["full"]
+    assert _digests(second_dir, "data", "state", "stats") == _digests(
+        full_dir, "data", "state", "stats"
+    )
+    assert second["counts"] == full["counts"]
+    assert [(s["path"], s["sha256"]) for s in second["shards"]] == [
+        (s["path"], s["sha256"]) for s in full["shards"]
+    ]
+
+
+def test_rebuild_rewrites_only_the_changed_shards_and_links_the_rest(rebuilt):
+    (first_dir, first), (second_dir, second) = rebuilt["first"], rebuilt["second"]
+    changes = second["changes"]
+    assert changes["previous_run"] == first["run_id"]
+    assert changes["incremental"] is True
+    assert changes["images_added"] == 1
+    assert changes["images_removed"] == 1
+    assert changes["images_modified"] == 1
+    assert changes["annotations_changed"] == 1
+    assert changes["splits"]["train2017"]["images_added"] == 1
+    shards = {(s["split"], s["index"]) for s in second["shards"]}
+    touched = {(s["split"], s["index"]) for s in second["shards"] if not s["reused"]}
+    # Every change is in train2017; at most one shard per changed image is rewritten.
+    assert 1 <= len(touched) <= 4
+    assert {split for split, _ in touched} == {"train2017"}
+    assert changes["shards_rewritten"] == len(touched)
+    assert changes["shards_reused"] == len(shards) - len(touched)
+    before = {s["path"]: s for s in first["shards"]}
+    for shard in second["shards"]:
+        old, new = os.path.join(first_dir, shard["path"]), os.path.join(second_dir, shard["path"])
+        if shard["reused"]:
+            # The previous run's very file, untouched.
+            assert os.stat(old).st_ino == os.stat(new).st_ino
+            assert before[shard["path"]]["sha256"] == shard["sha256"]
+        else:
+            assert os.stat(old).st_ino != os.stat(new).st_ino
+    # The statistics comparison beside the manifest sees the added and removed image's effect.
+    with open(os.path.join(second_dir, "compare.json")) as f:
+        diff = json.load(f)
+    assert diff["changed"] is True
+    assert json.dumps(diff).count("num_annotations") >= 1
+
+
+def test_an_unchanged_rebuild_reuses_every_shard_and_full_reuses_none(rebuilt, tmp_path):
+    out = rebuilt["out"]
+    root = rebuilt["second"][1]["sources"][0]["path"].rsplit("/annotations/", 1)[0]
+    same_dir, same = run_build(f"--coco-root={root}", f"--output={out}", *SHARDS)
+    assert same["changes"]["shards_rewritten"] == 0
+    assert same["changes"]["images_added"] == same["changes"]["images_modified"] == 0
+    full_dir, full = run_build(f"--coco-root={root}", f"--output={out}", *SHARDS, "--full")
+    assert full["changes"]["shards_reused"] == 0
+    assert full["changes"]["incremental"] is False
+    assert full["changes"]["why_not_incremental"] == "--full"
+    assert _digests(same_dir, "data", "state", "stats") == _digests(
+        full_dir, "data", "state", "stats"
+    )
+    # Other settings: the previous run is not reused, and the manifest says why.
+    _, masks = run_build(f"--coco-root={root}", f"--output={out}", *SHARDS, "--tfrecord-masks")
+    assert masks["changes"]["shards_reused"] == 0
+    assert "tfrecord_masks" in masks["changes"]["why_not_incremental"]
+
+
+def _catalog(out: str):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    folder = os.path.join(out, "iceberg")
+    return SqlCatalog(
+        "coco_beam", uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}"
+    )
+
+
+def _image_rows(run_dir: str) -> list[tuple]:
+    return duckdb.sql(
+        f"SELECT split, image_id, sha256, num_objects FROM '{run_dir}/data/*.parquet' ORDER BY ALL"
+    ).fetchall()
+
+
+def test_each_run_is_a_snapshot_of_the_iceberg_table(rebuilt):
+    (first_dir, first), (second_dir, second) = rebuilt["first"], rebuilt["second"]
+    table = _catalog(rebuilt["out"]).load_table("coco_beam.images")
+    by_run = {s.summary.additional_properties.get("coco-beam.run-id"): s for s in table.snapshots()}
+    assert first["run_id"] in by_run and second["run_id"] in by_run
+    columns = ["split", "image_id", "sha256", "num_objects"]
+    for run_dir, manifest in ((first_dir, first), (second_dir, second)):
+        snapshot = by_run[manifest["run_id"]]
+        scanned = table.scan(snapshot_id=snapshot.snapshot_id, selected_fields=columns)
+        rows = sorted(tuple(r[c] for c in columns) for r in scanned.to_arrow().to_pylist())
+        assert rows == _image_rows(run_dir)
+        # The snapshot registers the run's own files, not copies (a scan plans the ones
+        # holding rows).
+        files = sorted(t.file.file_path for t in scanned.plan_files())
+        assert files == sorted(
+            "file://" + os.path.join(run_dir, s["path"])
+            for s in manifest["shards"]
+            if s["format"] == "parquet" and s["rows"]
+        )
+        # DuckDB over the files the snapshot names reads the same rows.
+        paths = ", ".join(f"'{p[len('file://') :]}'" for p in files)
+        assert (
+            duckdb.sql(
+                f"SELECT {', '.join(columns)} FROM read_parquet([{paths}]) ORDER BY ALL"
+            ).fetchall()
+            == rows
+        )
+    assert {f.name for f in table.spec().fields} == {"split"}
+    # The statistics tables are registered the same way.
+    categories = _catalog(rebuilt["out"]).load_table("coco_beam.stats_categories")
+    snapshot = next(
+        s
+        for s in categories.snapshots()
+        if s.summary.additional_properties.get("coco-beam.run-id") == second["run_id"]
+    )
+    scanned = categories.scan(snapshot_id=snapshot.snapshot_id).to_arrow().to_pylist()
+    expected = duckdb.sql(f"SELECT * FROM '{second_dir}/stats/categories.parquet'")
+    columns = expected.columns
+    assert sorted(repr(tuple(r[c] for c in columns)) for r in scanned) == sorted(
+        repr(row) for row in expected.fetchall()
+    )
+    assert scanned
