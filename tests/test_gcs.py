@@ -178,3 +178,45 @@ def test_transient_503s_are_retried_and_the_output_is_complete(emulator, gcs_inp
     _, local = synth_build
     assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in local["shards"]]
     assert manifest["counts"] == local["counts"]
+
+
+def test_incremental_rebuild_on_gcs_reuses_unchanged_shards(gcs_input, tmp_path):
+    """gs:// to gs://: images compared by the CRC32C the store keeps; unchanged shards are
+    copied by the store, not rewritten; the result equals a full build."""
+    import io
+
+    from PIL import Image
+
+    client = gcs_input
+    bucket = client.bucket("coco-in")
+    for blob in list(client.list_blobs("coco-in", prefix="coco/")):
+        bucket.copy_blob(blob, bucket, "inc/" + blob.name[len("coco/") :])
+    args = ["--coco-root=gs://coco-in/inc", "--num-shards=3", "--formats=parquet,tfrecord"]
+    _, first = run_build(*args, "--output=gs://coco-out/inc")
+    assert first["changes"] is None
+
+    victim = sorted(
+        b.name for b in client.list_blobs("coco-in", prefix="inc/val2017/") if b.name.endswith("g")
+    )[0]
+    with Image.open(io.BytesIO(bucket.blob(victim).download_as_bytes())) as im:
+        flipped = im.convert("RGB").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    sink = io.BytesIO()
+    flipped.save(sink, format="JPEG", quality=85)
+    bucket.blob(victim).upload_from_string(sink.getvalue(), content_type="image/jpeg")
+
+    _, second = run_build(*args, "--output=gs://coco-out/inc")
+    changes = second["changes"]
+    assert changes["incremental"] is True
+    assert changes["images_modified"] == 1
+    assert changes["images_added"] == changes["images_removed"] == 0
+    assert changes["shards_rewritten"] == 1
+    assert changes["shards_reused"] == len({(s["split"], s["index"]) for s in second["shards"]}) - 1
+    _, full = run_build(*args, "--output=gs://coco-out/inc-full")
+    assert [(s["path"], s["sha256"]) for s in second["shards"]] == [
+        (s["path"], s["sha256"]) for s in full["shards"]
+    ]
+    assert second["stats"]["files"] == full["stats"]["files"]
+    out = client.bucket("coco-out")
+    for shard in second["shards"]:
+        data = out.blob(f"inc/runs/{second['run_id']}/{shard['path']}").download_as_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
