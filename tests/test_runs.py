@@ -43,6 +43,18 @@ def _published(out: str) -> tuple[str, dict] | None:
     return run_dir, manifest
 
 
+def _current_snapshot_run(out: str) -> str:
+    """The run whose shards the Iceberg table's current snapshot holds."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    folder = os.path.join(out, "iceberg")
+    catalog = SqlCatalog(
+        "coco_beam", uri=f"sqlite:///{folder}/catalog.db", warehouse=f"file://{folder}"
+    )
+    snapshot = catalog.load_table("coco_beam.images").current_snapshot()
+    return snapshot.summary.additional_properties["coco-beam.run-id"]
+
+
 def _shard_digests(run_dir: str, manifest: dict) -> dict:
     return {s["path"]: _digest(os.path.join(run_dir, s["path"])) for s in manifest["shards"]}
 
@@ -77,19 +89,25 @@ def test_killed_builds_leave_readers_a_complete_run_and_a_rerun_completes(
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     full = time.monotonic() - started
     rng = random.Random(11)
-    for fraction in sorted(rng.uniform(0.05, 1.0) for _ in range(4)):
+    for i, fraction in enumerate(sorted(rng.uniform(0.05, 1.0) for _ in range(4))):
         before = _published(out)
+        # Full rebuilds and incremental ones (which link the previous run's shards), killed.
+        killed = command + ["--full"] * (i % 2 == 0)
         proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         time.sleep(full * fraction)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         after = _published(out)  # the previous run, or the killed one if it had published
         assert after is not None and (after == before or after[1]["run_id"] != before[1]["run_id"])
+        # The lake table's current snapshot is a complete run's: the previous one, or the
+        # killed one if it got that far.
+        assert _current_snapshot_run(out) in {before[1]["run_id"], after[1]["run_id"]}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     run_dir, manifest = _published(out)
+    assert _current_snapshot_run(out) == manifest["run_id"]
     ref_dir, ref_manifest = reference
     assert _shard_digests(run_dir, manifest) == _shard_digests(ref_dir, ref_manifest)
     assert _digest(os.path.join(run_dir, "stats", "stats.json")) == _digest(
