@@ -34,6 +34,7 @@ test: lint $(CHROMIUM)
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_tfrecord.py
+	$(BIN)/python benchmarks/bench_rebuild.py
 
 clean:
 	rm -rf $(VENV) demo bench-data test-artifacts
