@@ -51,6 +51,7 @@ class Reason:
     ORPHAN_ANNOTATION = "orphan_annotation"
     UNKNOWN_CATEGORY = "unknown_category"
     NON_FINITE_VALUE = "non_finite_value"
+    DUPLICATE_KEY = "duplicate_key"
     INVALID_BBOX = "invalid_bbox"
     DEGENERATE_POLYGON = "degenerate_polygon"
     ODD_POLYGON_LENGTH = "odd_polygon_length"

@@ -6,9 +6,14 @@ import math
 
 import ijson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.records import Reason, parse_annotation_file_name
 from transforms.coco_json import (
+    MAX_DEPTH,
+    Flagged,
+    NestingError,
     RecordError,
     check_annotation,
     check_caption,
@@ -38,6 +43,103 @@ def test_images_are_read_in_any_section_order_and_parsing_stops_at_their_end():
     assert list(iter_section(io.BytesIO(broken), "images")) == images
     with pytest.raises(ijson.JSONError):
         list(iter_section(io.BytesIO(broken), "annotations"))
+
+
+class _Trickle(io.BytesIO):
+    """Hands the parser a few bytes at a time: every token is cut at a chunk's edge somewhere."""
+
+    def read(self, size=-1):
+        return super().read(min(size, 5) if size and size > 0 else size)
+
+
+def _section(blob: bytes, section: str, trickle: bool = False) -> list:
+    return list(iter_section((_Trickle if trickle else io.BytesIO)(blob), section))
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_non_finite_literals_and_repeated_keys_flag_their_record_only(trickle):
+    blob = (
+        b'{"images": [{"id": 1, "width": NaN}, {"id": 2, "id": 3}, {"id": 4, "c": "NaN Infinity"}],'
+        b' "annotations": [{"id": 1, "bbox": [1, 2, Infinity, 4]},'
+        b' {"id": 2, "x": {"k": 1, "k": 2}},'
+        b' {"id": 3, "area": -Infinity}, {"id": 4, "c": "[{\\"\\\\}]", "area": 2.5}],'
+        b' "categories": [{"id": 1, "name": "a"}]}'
+    )
+    images = _section(blob, "images", trickle)
+    assert [(type(r).__name__, getattr(r, "reason", None)) for r in images] == [
+        ("Flagged", Reason.NON_FINITE_VALUE),
+        ("Flagged", Reason.DUPLICATE_KEY),
+        ("dict", None),
+    ]
+    assert images[2] == {"id": 4, "c": "NaN Infinity"}  # strings are left alone
+    anns = _section(blob, "annotations", trickle)
+    assert [getattr(r, "reason", None) for r in anns] == [
+        Reason.NON_FINITE_VALUE,
+        Reason.DUPLICATE_KEY,
+        Reason.NON_FINITE_VALUE,
+        None,
+    ]
+    assert anns[3] == {"id": 4, "c": '[{"\\}]', "area": 2.5}
+    assert _section(blob, "categories", trickle) == [{"id": 1, "name": "a"}]
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_invalid_unicode_flags_its_record_and_nothing_is_replaced_silently(trickle):
+    blob = (
+        b'{"annotations": [{"id": 1, "caption": "lone \\ud800 high"},'
+        b' {"id": 2, "caption": "pair \\ud83d\\ude00, text \\\\ud800, \\u00e9"},'
+        b' {"id": 3, "caption": "bytes \xff\xfe"}, {"id": 4, "caption": "\xc3\xa9t\xc3\xa9"},'
+        b' {"id": 5, "caption": "low \\u00e9\\udc00"}, {"id": 6, "caption": "ok"}]}'
+    )
+    got = _section(blob, "annotations", trickle)
+    assert [getattr(r, "reason", None) for r in got] == [
+        Reason.INVALID_UNICODE,
+        None,
+        Reason.INVALID_UNICODE,
+        None,
+        Reason.INVALID_UNICODE,
+        None,
+    ]
+    assert got[1]["caption"] == "pair \U0001f600, text \\ud800, \u00e9"
+    assert got[3]["caption"] == "\u00e9t\u00e9"
+
+
+def test_a_document_that_is_not_json_still_fails_after_the_non_finite_pass():
+    with pytest.raises(ijson.JSONError):
+        _section(b'{"annotations": [{"a": NaN}, {"b": 1,}]}', "annotations")
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_deep_nesting_fails_the_file_before_the_parser_sees_it(trickle):
+    deep = b'{"annotations": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    with pytest.raises(NestingError, match=f"deeper than {MAX_DEPTH}"):
+        _section(deep, "annotations", trickle)
+    # Brackets inside strings (escaped quotes included) do not count.
+    text = json.dumps({"annotations": [{"c": '\\"' + "[" * 500 + '"'}]}).encode()
+    assert _section(text, "annotations", trickle) == json.loads(text)["annotations"]
+    nested = json.loads(b"[" * (MAX_DEPTH - 3) + b"]" * (MAX_DEPTH - 3))
+    ok = json.dumps({"annotations": [nested]}).encode()
+    assert _section(ok, "annotations", trickle) == [nested]
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**62), 2**62)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_JSON, max_size=5), st.booleans())
+def test_any_json_records_stream_as_json_load_reads_them(records, trickle):
+    blob = json.dumps({"annotations": records}).encode()
+    got = _section(blob, "annotations", trickle)
+    assert not any(isinstance(r, Flagged) for r in got)
+    assert got == json.loads(blob)["annotations"]
 
 
 def test_iter_section_missing_section_is_empty():

@@ -300,7 +300,8 @@ class _PublishFn(beam.DoFn):
             "stats": stats_entry,
             "counts": totals,
             "rejected_reasons": dict(sorted(reasons.items())),
-            # Files in an images folder that no image record names: ignored, and counted.
+            # Files in an images folder that no image record names: ignored, and counted (with
+            # the files of images rejected before any file is opened, e.g. a duplicate id).
             "unlisted_files": {
                 split: listed[split][0] - sum(s.files_found for s in chosen if s.split == split)
                 for split in sorted(listed)

@@ -22,6 +22,8 @@ __all__ = [
     "FLAG_AREA_FROM_MASK",
     "FLAG_BBOX_OUTSIDE",
     "FLAG_BBOX_ZERO",
+    "FLAG_CROWD_MISMATCH",
+    "FLAG_NUM_KEYPOINTS_MISMATCH",
     "RasterizeMasks",
     "rasterize_plan",
 ]
@@ -29,6 +31,10 @@ __all__ = [
 FLAG_BBOX_ZERO = "bbox_zero_size"
 FLAG_BBOX_OUTSIDE = "bbox_outside_image"
 FLAG_AREA_FROM_MASK = "area_from_mask"
+# ``iscrowd`` says 1 with polygons, or 0 with RLE: the mask follows the segmentation's type.
+FLAG_CROWD_MISMATCH = "iscrowd_mismatch"
+# ``num_keypoints`` unlike the count of keypoints with a visibility above 0: kept as given.
+FLAG_NUM_KEYPOINTS_MISMATCH = "num_keypoints_mismatch"
 # Sub-pixel slack: COCO's boxes come from float polygon extents and often end a hair past
 # the edge (x + w = 640.01 on a 640-wide image).
 _EDGE_SLACK = 1.0
@@ -82,6 +88,13 @@ def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
         if ann["area"] is None:
             ann["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"]}))
             flags = [*flags, FLAG_AREA_FROM_MASK]
+        if ann["iscrowd"] != isinstance(seg, dict):
+            flags = [*flags, FLAG_CROWD_MISMATCH]
+        keypoints = ann.get("keypoints")
+        if keypoints is not None and ann["num_keypoints"] != sum(
+            1 for v in keypoints[2::3] if v > 0
+        ):
+            flags = [*flags, FLAG_NUM_KEYPOINTS_MISMATCH]
         ann["flags"] = (
             ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width, plan.height)
         )

@@ -149,6 +149,9 @@ class _ReadSectionFn(beam.DoFn):
                         f"'{section}': {type(exc).__name__}: {exc}"
                     ) from exc
                 try:
+                    if isinstance(record, coco_json.Flagged):
+                        flagged, record = record, record.record
+                        raise RecordError(flagged.reason, flagged.message)
                     checked = _check(kind, record, source.family, slim)
                 except RecordError as exc:
                     yield beam.pvalue.TaggedOutput(

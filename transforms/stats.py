@@ -105,11 +105,15 @@ def add_image(
     annotations: list[dict],
     captions: list[dict],
     panoptic=None,
+    flags=(),
 ) -> collections.Counter:
     """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it.
     Its pixels are added with ``add_pixels``, once for many images. ``panoptic``: its checked
-    panoptic record (``transforms.panoptic.PanopticFacts``), if it has one."""
+    panoptic record (``transforms.panoptic.PanopticFacts``), if it has one. ``flags``: the
+    image's warnings (its annotations carry their own), counted by name."""
     acc["n", "images"] += 1
+    for flag in flags:
+        acc["flag", flag] += 1
     acc["format", fmt] += 1
     acc["mode", mode] += 1
     acc["exif_orientation", exif_orientation or 0] += 1
@@ -201,6 +205,8 @@ def _add_annotation(acc: collections.Counter, ann: dict, width: int, height: int
         acc["h", "mask_to_bbox_area", _bin(mask_area / box, 0.05)] += 1
     else:
         acc["n", "zero_size_boxes"] += 1
+    for flag in ann.get("flags", ()):
+        acc["flag", flag] += 1
     if "bbox_outside_image" in ann.get("flags", ()):
         acc["n", "boxes_outside_image"] += 1
     acc["h", "bbox_relative_size", _bin(math.sqrt(max(box, 0) / (width * height)), 0.01)] += 1
@@ -311,6 +317,8 @@ def summarize(acc: collections.Counter, categories: dict[int, dict]) -> dict:
         "formats": _categorical(acc, "format"),
         "modes": _categorical(acc, "mode"),
         "exif_orientations": _categorical(acc, "exif_orientation"),
+        # Warnings that were not rejections, by flag: images' and annotations' together.
+        "flags": _categorical(acc, "flag"),
         "keypoints": {
             "people_with_keypoints": acc["n", "people_with_keypoints"],
             "joint_visibility": [

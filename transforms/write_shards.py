@@ -65,6 +65,11 @@ __all__ = [
 
 FORMATS = ("parquet", "tfrecord")
 
+# A file whose name says another format than its bytes (a PNG named .jpg) is written as it is,
+# with this flag; the format written is the bytes'.
+FLAG_EXTENSION_MISMATCH = "extension_mismatch"
+_EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png"}
+
 # Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats``), and
 # ``(sha256 prefix, packed [(sha256, split, image_id), ...])`` to find identical images.
 STATS = "stats"
@@ -184,6 +189,9 @@ def load_image(
             hashlib.sha256(data).hexdigest(),
         )
     pixels = pixel_sums(facts.pixel_histogram) if histogram else None
+    extension = plan.file_name.rsplit(".", 1)[-1].lower()
+    if _EXTENSIONS.get(extension) != facts.format:
+        facts = dataclasses.replace(facts, flags=(*facts.flags, FLAG_EXTENSION_MISMATCH))
     return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels)
 
 
@@ -386,6 +394,7 @@ class _WriteShardFn(beam.DoFn):
                 row["sha256"],
                 (row["px_n"], row["px_sum"], row["px_sq"]),
                 panoptic,
+                row["flags"],
             )
         self._progress.add(len(shard.plans))
         self._progress.flush()
@@ -438,6 +447,7 @@ class _WriteShardFn(beam.DoFn):
                 facts.sha256,
                 loaded.pixels,
                 panoptic,
+                facts.flags,
             )
         results = tuple(f.close() for f in files)
         state = None
@@ -497,7 +507,7 @@ class _Accumulator:
         self.stats = collections.Counter()
         self.digests: dict[str, list] = {}
 
-    def add(self, plan, fmt, mode, exif_orientation, num_bytes, sha256, pixels, panoptic):
+    def add(self, plan, fmt, mode, exif_orientation, num_bytes, sha256, pixels, panoptic, flags):
         self.num_rows += 1
         self.written["image"] += 1
         self.written["annotation"] += len(plan.annotations)
@@ -516,6 +526,7 @@ class _Accumulator:
             annotations=plan.annotations,
             captions=plan.captions,
             panoptic=panoptic,
+            flags=sorted(set(plan.flags) | set(flags)),
         )
         add_pixel_sums(self.stats, *pixels)
         self.digests.setdefault(sha256[:2], []).append((sha256, self.split, plan.image_id))
