@@ -209,3 +209,34 @@ def test_image_and_caption_checks():
 )
 def test_annotation_file_names(name, expected):
     assert parse_annotation_file_name(name) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.integers(-3, 5)
+        | st.floats(-5, 5)
+        | st.sampled_from([float("nan"), float("inf"), True, None, "2", 10**400]),
+        max_size=10,
+    )
+    | st.integers()
+    | st.text(max_size=3),
+    st.one_of(st.none(), st.integers(-1, 5), st.text(max_size=2)),
+)
+def test_any_keypoint_array_is_kept_as_given_or_rejected(keypoints, num):
+    record = dict(_ANN, keypoints=keypoints)
+    if num is not None:
+        record["num_keypoints"] = num
+    try:
+        out = check_annotation(record, "person_keypoints")
+    except RecordError as exc:
+        assert exc.reason in {
+            Reason.INVALID_KEYPOINTS,
+            Reason.NON_FINITE_VALUE,
+            Reason.SCHEMA_VIOLATION,
+        }
+        return
+    assert out["keypoints"] == [float(v) for v in keypoints]
+    assert len(keypoints) % 3 == 0 and set(keypoints[2::3]) <= {0, 1, 2}
+    visible = sum(1 for v in keypoints[2::3] if v > 0)
+    assert out["num_keypoints"] == (visible if num is None else num)

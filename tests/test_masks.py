@@ -140,3 +140,52 @@ def test_rle_string_decoder_inverts_pycocotools(bits):
     counts = decode_rle_counts(encoded["counts"].decode())
     assert sum(counts) == h
     assert all(c >= 0 for c in counts)
+
+
+# Any value a JSON segmentation can hold, weighted towards the shapes COCO uses.
+_NUMBER = (
+    st.floats(-10, 60)
+    | st.integers(-10, 60)
+    | st.sampled_from([float("nan"), float("inf"), -float("inf"), 10**400, True, None, "7"])
+)
+_SEGMENTATION = st.one_of(
+    st.lists(st.lists(_NUMBER, max_size=14), max_size=3),
+    st.fixed_dictionaries(
+        {
+            "size": st.lists(st.integers(-2, 45), min_size=0, max_size=3),
+            "counts": st.lists(st.integers(-5, 2100), max_size=6)
+            | st.text(st.characters(min_codepoint=0, max_codepoint=130), max_size=12),
+        }
+    ),
+    st.just({"size": [40, 50]}),
+    st.integers(),
+    st.text(max_size=5),
+)
+_REASONS = {
+    Reason.DEGENERATE_POLYGON,
+    Reason.ODD_POLYGON_LENGTH,
+    Reason.NON_FINITE_VALUE,
+    Reason.INVALID_RLE,
+    Reason.SCHEMA_VIOLATION,
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SEGMENTATION, st.booleans())
+def test_any_segmentation_is_rasterized_as_pycocotools_does_or_rejected(segmentation, packed):
+    """Never a crash, never another exception: pycocotools sees only what passed the checks,
+    and then the mask is exactly its ``annToMask``."""
+    value = pack_polygons(segmentation) if packed else segmentation
+    try:
+        rle, flags = to_rle(value, 40, 50)
+    except RecordError as exc:
+        assert exc.reason in _REASONS
+        return
+    if isinstance(segmentation, list):
+        # Rings too short to be polygons are dropped, with a flag; the rest is pycocotools'.
+        kept = [r for r in segmentation if len(r) >= 6]
+        assert (len(kept) < len(segmentation)) == (FLAG_RING_DROPPED in flags)
+        expected = _reference(kept, 40, 50)
+    else:
+        expected = _reference(segmentation, 40, 50)
+    np.testing.assert_array_equal(_decode(rle), expected)

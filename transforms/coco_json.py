@@ -358,6 +358,8 @@ def finite_numbers(values: list, what: str) -> bool:
     try:
         # fsum is exact: a NaN or an infinity anywhere makes the sum non-finite.
         return math.isfinite(math.fsum(values))
+    except ValueError:  # -inf + inf
+        return False
     except OverflowError:  # finite values whose exact sum overflows: check one by one
         try:
             return all(math.isfinite(v) for v in values)
