@@ -119,6 +119,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         tfrecord_masks=options.tfrecord_masks,
         panoptic_semantic=options.panoptic_semantic,
         previous=reusable,
+        isolate_decoders=options.isolate_decoders,
     )
     written = assigned["keyed"] | "WriteShards" >> WriteShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]

@@ -117,6 +117,15 @@ class BuildOptions(PipelineOptions):
             help="Write shards only: no stats/ folder (saves the pixel count of every image).",
         )
         group.add_argument(
+            "--isolate-decoders",
+            "--isolate_decoders",
+            dest="isolate_decoders",
+            action="store_true",
+            default=False,
+            help="Decode images in child processes, so a decoder that crashes (a native fault)"
+            " rejects that image as decoder_crash instead of killing the worker (slower).",
+        )
+        group.add_argument(
             "--full",
             dest="full",
             action="store_true",

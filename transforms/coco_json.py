@@ -49,6 +49,9 @@ class RecordError(ValueError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):  # crosses process boundaries (``transforms.isolation``) intact
+        return type(self), (self.reason, str(self))
+
 
 def _until_end_of(events, section: str):
     for event in events:

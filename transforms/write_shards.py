@@ -46,6 +46,7 @@ from transforms.incremental import (
     state_bytes,
     stored_crc32c,
 )
+from transforms.isolation import Isolated, NativeCrash
 from transforms.panoptic import PanopticFacts, inspect_panoptic
 from transforms.parquet_file import ParquetFile
 from transforms.progress import ProgressReporter
@@ -101,6 +102,8 @@ class ShardWriterConfig:
     statistics: bool = True
     # The output's last complete run, when this run rebuilds incrementally.
     previous: PreviousRun | None = None
+    # Decode in child processes, so a native crash rejects one image instead of the worker.
+    isolate_decoders: bool = False
 
     def __post_init__(self):
         unknown = set(self.formats) - set(FORMATS)
@@ -135,6 +138,7 @@ def load_image(
     filesystem=None,
     histogram: bool = True,
     known: dict | None = None,
+    isolated: Isolated | None = None,
 ) -> Loaded | Rejection:
     """Reads and decodes one image, and its panoptic PNG if it has one. Permanent faults come
     back as a ``Rejection`` (the image's, or the panoptic record's in ``Loaded.panoptic``);
@@ -142,7 +146,8 @@ def load_image(
     ``plan.path``, if the caller holds one (finding it costs more than reading a small local
     file). ``known``: the previous run's state row of this image; when its bytes' CRC32C and
     the JSON's size are the same, its facts are taken from there and the image is not
-    decoded again."""
+    decoded again. ``isolated``: decode in its child processes, where a crash of the decoder
+    rejects the image (``decoder_crash``) instead of killing the worker."""
     try:
         fs = filesystem or FileSystems.get_filesystem(plan.path)
         with fs.open(plan.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -160,7 +165,7 @@ def load_image(
             plan.split,
         )
     image_fp = crc32c_hex(data)
-    panoptic, panoptic_fp = _load_panoptic(plan)
+    panoptic, panoptic_fp = _load_panoptic(plan, isolated)
     if _facts_known(known, plan, image_fp, histogram):
         facts = ImageFacts(
             known["sha256"],
@@ -174,8 +179,14 @@ def load_image(
         pixels = (known["px_n"], known["px_sum"], known["px_sq"]) if histogram else None
         return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels, reused=True)
     try:
-        facts = inspect_image(
-            data, plan.width, plan.height, max_pixels=max_pixels, histogram=histogram
+        facts = _call(
+            isolated,
+            inspect_image,
+            data,
+            plan.width,
+            plan.height,
+            max_pixels=max_pixels,
+            histogram=histogram,
         )
     except RecordError as exc:
         return Rejection(
@@ -205,7 +216,20 @@ def _facts_known(known: dict | None, plan: ImagePlan, image_fp: str, histogram: 
     )
 
 
-def _load_panoptic(plan: ImagePlan) -> tuple[PanopticFacts | Rejection | None, str | None]:
+def _call(isolated: Isolated | None, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, in a child process when ``isolated``; a crash of the child is
+    a ``decoder_crash`` of the record."""
+    if isolated is None:
+        return fn(*args, **kwargs)
+    try:
+        return isolated.call(fn, *args, **kwargs)
+    except NativeCrash as exc:
+        raise RecordError(Reason.DECODER_CRASH, str(exc)) from None
+
+
+def _load_panoptic(
+    plan: ImagePlan, isolated: Isolated | None = None
+) -> tuple[PanopticFacts | Rejection | None, str | None]:
     """The panoptic record's facts (or its rejection) and the CRC32C of its PNG."""
     pan = plan.panoptic
     if pan is None:
@@ -215,7 +239,8 @@ def _load_panoptic(plan: ImagePlan) -> tuple[PanopticFacts | Rejection | None, s
         # Beam's FileSystems: the PNGs may sit on another filesystem than the images.
         with FileSystems.open(pan["path"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
             data = f.read()
-        return inspect_panoptic(data, plan.width, plan.height, pan["segments"]), crc32c_hex(data)
+        facts = _call(isolated, inspect_panoptic, data, plan.width, plan.height, pan["segments"])
+        return facts, crc32c_hex(data)
     except RecordError as exc:
         reason, error, message = exc.reason, type(exc).__name__, str(exc)[:200]
     except Exception as exc:
@@ -299,9 +324,14 @@ class _WriteShardFn(beam.DoFn):
         self._reused = Metrics.counter("coco_beam", "shards_reused")
         self._progress = ProgressReporter(self._config.progress_dir, "done")
         self._filesystems = {}
+        self._isolated = None
+        if self._config.isolate_decoders:
+            self._isolated = Isolated(self._config.io_threads)
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._isolated is not None:
+            self._isolated.close()
 
     def _filesystem(self, path: str):
         scheme = FileSystems.get_scheme(path)
@@ -414,6 +444,7 @@ class _WriteShardFn(beam.DoFn):
             filesystem=filesystem,
             histogram=self._config.statistics,
             known=known,
+            isolated=self._isolated,
         )
         ids = (p.image_id for p in shard.plans)
         record_fps = dict(zip(ids, shard.record_fps or (), strict=False))
@@ -532,8 +563,8 @@ class _Accumulator:
         self.digests.setdefault(sha256[:2], []).append((sha256, self.split, plan.image_id))
 
 
-def _load_known(plan, *, max_pixels, filesystem, histogram, known):
-    return load_image(plan, max_pixels, filesystem, histogram, known.get(plan.image_id))
+def _load_known(plan, *, max_pixels, filesystem, histogram, known, isolated):
+    return load_image(plan, max_pixels, filesystem, histogram, known.get(plan.image_id), isolated)
 
 
 def _state_row(plan: ImagePlan, record_fp: str, loaded, panoptic=None) -> dict:
