@@ -181,3 +181,22 @@ def test_deal_tasks_balances_round_robin_workers():
     # Within the largest task of perfect balance, and never worse than half the largest over.
     assert max(loads) <= max(total / 2 + largest / 2, largest) + 1
     assert deal_tasks(tasks, 1) == tasks
+
+
+def _explode(_):
+    raise ZeroDivisionError("a fault of the step after")
+
+
+@pytest.mark.parametrize("after", ["reader", "join", "rasterize"])
+def test_a_failure_downstream_is_never_taken_for_bad_input(tiny_coco, after):
+    """Steps fused after a checking step fail the pipeline with their own error: no upstream
+    ``try`` turns it into a rejection or a bad-file error."""
+    with pytest.raises(Exception, match="a fault of the step after") as info:
+        with TestPipeline() as p:
+            read = p | ReadCocoAnnotations([tiny_coco])
+            joined = read | JoinAnnotationsToImages({"val": tiny_coco.images_dir})
+            raster = joined.plans | RasterizeMasks()
+            step = {"reader": read["counts"], "join": joined.plans, "rasterize": raster.plans}
+            _ = step[after] | beam.Map(_explode)
+    assert "not a readable COCO JSON" not in str(info.value)
+    assert "ZeroDivisionError" in str(info.value) or isinstance(info.value, ZeroDivisionError)
