@@ -250,3 +250,56 @@ def test_each_run_is_a_snapshot_of_the_iceberg_table(rebuilt):
         repr(row) for row in expected.fetchall()
     )
     assert scanned
+
+
+def test_a_previous_run_with_files_gone_is_rebuilt_where_they_are_missing(synth_root, tmp_path):
+    out = str(tmp_path / "out")
+    args = [f"--coco-root={synth_root}", f"--output={out}", *SHARDS]
+    first_dir, first = run_build(*args)
+    parquet = [s for s in first["shards"] if s["format"] == "parquet" and s["rows"]]
+    # One shard's TFRecord file and another shard's state are deleted behind the tool's back.
+    gone = next(
+        s
+        for s in first["shards"]
+        if s["format"] == "tfrecord"
+        and s["index"] == parquet[0]["index"]
+        and s["split"] == parquet[0]["split"]
+    )
+    os.remove(os.path.join(first_dir, gone["path"]))
+    os.remove(os.path.join(first_dir, parquet[1]["state"]))
+    second_dir, second = run_build(*args)
+    rewritten = {(s["split"], s["index"]) for s in second["shards"] if not s["reused"]}
+    assert rewritten == {(s["split"], s["index"]) for s in parquet[:2]}
+    with open(os.path.join(second_dir, gone["path"]), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == gone["sha256"]
+    # The previous run's other files were not touched by the rewrite.
+    for shard in first["shards"]:
+        path = os.path.join(first_dir, shard["path"])
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
+    assert [(s["path"], s["sha256"]) for s in second["shards"]] == [
+        (s["path"], s["sha256"]) for s in first["shards"]
+    ]
+
+
+def test_a_catalog_named_by_uri_and_properties_gets_the_snapshot(synth_root, tmp_path):
+    from pyiceberg.catalog import load_catalog
+
+    catalog_dir = tmp_path / "lake"
+    uri = f"sqlite:///{catalog_dir}/catalog.db"
+    warehouse = f"file://{catalog_dir}/warehouse"
+    catalog_dir.mkdir()
+    _, manifest = run_build(
+        f"--coco-root={synth_root}",
+        f"--output={tmp_path / 'out'}",
+        "--num-shards=2",
+        f"--iceberg-catalog={uri}",
+        f"--iceberg-property=warehouse={warehouse}",
+        "--iceberg-namespace=vision",
+    )
+    assert not (tmp_path / "out" / "iceberg").exists()
+    table = load_catalog("coco_beam", uri=uri, warehouse=warehouse).load_table("vision.images")
+    snapshot = table.current_snapshot()
+    assert snapshot.summary.additional_properties["coco-beam.run-id"] == manifest["run_id"]
+    assert table.scan().to_arrow().num_rows == manifest["counts"]["image"]["written"]

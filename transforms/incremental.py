@@ -31,11 +31,12 @@ import os
 import google_crc32c
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import ImagePlan
 from schemas.state import STATE_SCHEMA, STATE_VERSION
+from transforms.images import is_not_found
 
 __all__ = [
     "PreviousRun",
@@ -125,9 +126,18 @@ def link_or_copy(source: str, destination: str) -> None:
         try:
             os.link(source, destination)
             return
+        except FileNotFoundError:
+            raise
         except OSError:
-            pass
-    FileSystems.copy([source], [destination])
+            pass  # another device, or no links there: copy
+    try:
+        FileSystems.copy([source], [destination])
+    except BeamIOError as exc:
+        # Beam reports per file; a source that is not there is a permanent "not found".
+        inner = list((exc.exception_details or {}).values())
+        if inner and all(is_not_found(e) or is_not_found(e.__cause__ or e) for e in inner):
+            raise FileNotFoundError(source) from exc
+        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,15 +212,22 @@ def load_previous(output: str, settings: dict, versions: dict) -> tuple[Previous
     return PreviousRun(run_id, run_dir, shards, why), why
 
 
-def read_fingerprints(paths: list[str]) -> dict:
+def read_fingerprints(paths: list[str]) -> tuple[dict, list[str]]:
     """``{(split, image_id): (record_fp, image_fp, panoptic_fp)}`` of state files named
-    ``<split>-SSSSS-of-NNNNN.parquet``."""
-    out = {}
+    ``<split>-SSSSS-of-NNNNN.parquet``, and the paths that are not there."""
+    out, missing = {}, []
     for path in paths:
         split = path.rsplit("/", 1)[-1].rsplit("-", 3)[0]
-        for image_id, row in read_state(path).items():
+        try:
+            rows = read_state(path)
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+            missing.append(path)
+            continue
+        for image_id, row in rows.items():
             out[split, image_id] = (row["record_fp"], row["image_fp"], row["panoptic_fp"])
-    return out
+    return out, missing
 
 
 _CHANGE_COUNTS = ("images_added", "images_removed", "images_modified", "annotations_changed")

@@ -351,9 +351,12 @@ def _changes(cfg: PublishConfig, chosen: list, doc: dict | None, states: list) -
         "shards_reused": sum(s.reused for s in chosen),
         "shards_rewritten": sum(not s.reused for s in chosen),
     }
-    old = read_fingerprints(previous.states())
-    new = read_fingerprints([FileSystems.join(cfg.run_dir, _state_path(s)) for s in states])
+    old, missing = read_fingerprints(previous.states())
+    new, _ = read_fingerprints([FileSystems.join(cfg.run_dir, _state_path(s)) for s in states])
     changes.update(summarize_changes(old, new))
+    if missing:
+        # Their images count as added: the previous run no longer says what they were.
+        changes["previous_states_missing"] = len(missing)
     old_stats = FileSystems.join(previous.run_dir, "stats", "stats.json")
     if doc is not None and FileSystems.exists(old_stats):
         with FileSystems.open(old_stats, compression_type=CompressionTypes.UNCOMPRESSED) as f:

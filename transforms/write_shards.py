@@ -174,9 +174,10 @@ def load_image(
             known["decoded_width"],
             known["decoded_height"],
             known["exif_orientation"],
-            tuple(known["flags"]),
+            tuple(f for f in known["flags"] if f != FLAG_EXTENSION_MISMATCH),
         )
         pixels = (known["px_n"], known["px_sum"], known["px_sq"]) if histogram else None
+        facts = _flag_extension(plan, facts)
         return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels, reused=True)
     try:
         facts = _call(
@@ -200,10 +201,16 @@ def load_image(
             hashlib.sha256(data).hexdigest(),
         )
     pixels = pixel_sums(facts.pixel_histogram) if histogram else None
+    return Loaded(data, _flag_extension(plan, facts), panoptic, image_fp, panoptic_fp, pixels)
+
+
+def _flag_extension(plan: ImagePlan, facts: ImageFacts) -> ImageFacts:
+    """Flags a file whose name says another format than its bytes (the name may change while
+    the bytes do not: this is decided anew every run)."""
     extension = plan.file_name.rsplit(".", 1)[-1].lower()
-    if _EXTENSIONS.get(extension) != facts.format:
-        facts = dataclasses.replace(facts, flags=(*facts.flags, FLAG_EXTENSION_MISMATCH))
-    return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels)
+    if _EXTENSIONS.get(extension) == facts.format:
+        return facts
+    return dataclasses.replace(facts, flags=(*facts.flags, FLAG_EXTENSION_MISMATCH))
 
 
 def _facts_known(known: dict | None, plan: ImagePlan, image_fp: str, histogram: bool) -> bool:
@@ -361,12 +368,30 @@ class _WriteShardFn(beam.DoFn):
         previous = None
         if self._config.previous is not None and self._config.formats:
             previous = self._config.previous.shard(split, index, n)
-        known = read_state(previous["state"]) if previous else {}
+        known = {}
+        if previous is not None:
+            try:
+                known = read_state(previous["state"])
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise
+                previous = None  # the previous run's state is gone: build this shard afresh
         if self._config.formats:
             shard.record_fps = [record_fingerprint(p) for p in plans]
         if previous is not None and self._reusable(shard, known, previous, cats, filesystem):
-            yield from self._reuse(shard, known, previous)
-            return
+            try:
+                # Its outputs are all made before the first is given out.
+                outputs = list(self._reuse(shard, known, previous))
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise
+                outputs = None  # a previous file is gone: write the shard instead
+            if outputs is not None:
+                yield from outputs
+                return
+            # New temporary names: those linked so far are the previous run's files, and
+            # writing through a link would change them.
+            shard.attempt = uuid.uuid4().hex
         yield from self._write(shard, known, cats, filesystem)
 
     def _temp_path(self, shard: _Shard, fmt: str) -> str:
