@@ -101,6 +101,21 @@ def _summary(manifest: dict, run_dir: str, seconds: float) -> str:
         ),
         f"  seconds      {seconds:>10,.1f}",
     ]
+    changes = manifest.get("changes")
+    if changes:
+        if changes["incremental"]:
+            done = (
+                f"{changes['shards_reused']:,} shards reused, {changes['shards_rewritten']:,} "
+                "rewritten"
+            )
+        else:
+            done = f"rebuilt in full ({changes['why_not_incremental']})"
+        lines.append(
+            f"  changes      {changes['images_added']:>10,} added, "
+            f"{changes['images_removed']:,} removed, {changes['images_modified']:,} modified, "
+            f"{changes['annotations_changed']:,} reannotated since {changes['previous_run']}; "
+            + done
+        )
     if manifest["stats"]:
         lines.append(f"  report       {run_dir}/{manifest['stats']['report']}")
     return "\n".join(lines)
