@@ -65,7 +65,7 @@ class Reason:
     FORMAT_NOT_ALLOWED = "format_not_allowed"
     UNSUPPORTED_MODE = "unsupported_mode"
     DIMS_MISMATCH = "dims_mismatch"
-    # The decoder killed the process decoding it (``--isolate-decoders`` only).
+    # The decoder killed the process decoding it (not with ``--no-isolate-decoders``).
     DECODER_CRASH = "decoder_crash"
     # An annotation or caption whose image was rejected goes with it, so nothing is
     # written for an image that is not in the output.

@@ -50,12 +50,15 @@ def test_a_crash_is_told_from_the_calls_beside_it():
         isolated.close()
 
 
-def test_isolated_decoding_writes_the_same_bytes(synth_root, synth_build, tmp_path):
+def test_decoding_in_the_worker_or_in_children_writes_the_same_bytes(
+    synth_root, synth_build, tmp_path
+):
+    """The default decodes in child processes; ``--no-isolate-decoders`` in the worker."""
     run_dir, manifest = run_build(
         f"--coco-root={synth_root}",
         f"--output={tmp_path}",
         "--num-shards=2",
-        "--isolate-decoders",
+        "--no-isolate-decoders",
     )
     _, reference = synth_build
     assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in reference["shards"]]

@@ -1,21 +1,24 @@
 """Running a native decoder where its crash cannot take the worker down.
 
-``Isolated.call(fn, ...)`` runs ``fn`` in a child process of a small pool (started by
-``forkserver``: no copy of the worker's threads). If a child dies (a segmentation fault in C
-code, an abort), every call then in flight fails; each is run again alone in a fresh child, so
-the input that kills a child is told from the bystanders: it raises ``NativeCrash``, the others
-return their results. Exceptions raised by ``fn`` come back as they are (they must pickle).
+``Isolated.call(fn, ...)`` runs ``fn`` in a child process: a plain ``python -m
+transforms.isolation`` that imports nothing of the worker's own main module (Beam's), reads
+``(fn, args, kwargs)`` pickles on its stdin and answers with pickles on its stdout. Children are
+kept and reused, one call at a time each. If a child dies during a call (a segmentation fault in
+C code, an abort), the call is run again alone in a fresh child, so the input that kills a child
+is told from a crash of something else: it raises ``NativeCrash``. Exceptions raised by ``fn``
+come back as they are (or as a ``RuntimeError`` naming them, if they do not pickle).
 
 Guarantee: a call returns ``fn``'s result or exception, or raises ``NativeCrash`` only when
-``fn`` killed a child twice with the same arguments. Thread-safe.
+``fn`` killed two processes with the same arguments. Thread-safe.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import os
+import pickle
+import queue
+import subprocess
+import sys
 
 __all__ = ["Isolated", "NativeCrash"]
 
@@ -24,40 +27,102 @@ class NativeCrash(RuntimeError):
     """The call killed the process running it, twice."""
 
 
+class _Died(Exception):
+    pass
+
+
+class _Child:
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "transforms.isolation"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def call(self, fn, args, kwargs):
+        try:
+            pickle.dump((fn, args, kwargs), self._proc.stdin, pickle.HIGHEST_PROTOCOL)
+            self._proc.stdin.flush()
+            ok, value = pickle.load(self._proc.stdout)
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError):
+            self.close()
+            raise _Died from None
+        if ok:
+            return value
+        raise value
+
+    def close(self):
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self._proc.kill()
+        except OSError:
+            pass
+        self._proc.wait()
+
+
 class Isolated:
     def __init__(self, workers: int):
-        self._workers = workers
-        self._context = multiprocessing.get_context("forkserver")
-        self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _current(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(self._workers, mp_context=self._context)
-            return self._pool
-
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+        del workers  # children are made as calls need them: at most one per calling thread
+        self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
 
     def call(self, fn, *args, **kwargs):
-        pool = self._current()
         try:
-            return pool.submit(fn, *args, **kwargs).result()
-        except BrokenProcessPool:
-            self._discard(pool)
-        # Alone, in a child of its own: a crash now is this call's.
-        with ProcessPoolExecutor(1, mp_context=self._context) as solo:
+            child = self._idle.get_nowait()
+        except queue.Empty:
+            child = _Child()
+        try:
+            result = child.call(fn, args, kwargs)
+        except _Died:
+            # Alone, in a child of its own: a crash now is this call's.
+            solo = _Child()
             try:
-                return solo.submit(fn, *args, **kwargs).result()
-            except BrokenProcessPool:
+                result = solo.call(fn, args, kwargs)
+            except _Died:
                 raise NativeCrash(f"{getattr(fn, '__name__', fn)} killed its process") from None
+            self._idle.put(solo)
+            return result
+        except BaseException:
+            self._idle.put(child)
+            raise
+        self._idle.put(child)
+        return result
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+def _serve() -> None:
+    """The child: answers calls until its stdin closes. Its stdout carries only answers;
+    anything else printed goes to stderr."""
+    requests = sys.stdin.buffer
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    while True:
+        try:
+            fn, args, kwargs = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            answer = (True, fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller as it is
+            answer = (False, exc)
+        try:
+            data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+            data = pickle.dumps((False, RuntimeError(f"{type(answer[1]).__name__}: {exc}")))
+        answers.write(data)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -103,7 +103,7 @@ class ShardWriterConfig:
     # The output's last complete run, when this run rebuilds incrementally.
     previous: PreviousRun | None = None
     # Decode in child processes, so a native crash rejects one image instead of the worker.
-    isolate_decoders: bool = False
+    isolate_decoders: bool = True
 
     def __post_init__(self):
         unknown = set(self.formats) - set(FORMATS)
