@@ -185,3 +185,27 @@ def test_exports_without_area_or_iscrowd_get_them_from_the_mask(messy, tmp_path)
         rle = {"size": ann["rle"]["size"], "counts": ann["rle"]["counts"].encode()}
         assert ann["area"] == float(mask_utils.area(rle)) > 0
         assert "area_from_mask" in ann["flags"] and ann["iscrowd"] == 0
+
+
+def test_a_record_lost_inside_the_pipeline_fails_the_run_before_publishing(
+    synth_root, tmp_path, monkeypatch
+):
+    """Conservation is checked by the pipeline itself: a writer that loses one annotation (a
+    bug, simulated) fails the run naming the kind, and nothing is published."""
+    from transforms import write_shards
+
+    original = write_shards._Accumulator.add
+    lost = []
+
+    def lossy(self, plan, *args):
+        original(self, plan, *args)
+        if plan.annotations and not lost:
+            lost.append(plan.image_id)
+            self.written["annotation"] -= 1
+
+    monkeypatch.setattr(write_shards._Accumulator, "add", lossy)
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match=r"lost or invented.*annotation"):
+        run([f"--coco-root={synth_root}", f"--output={out}", "--num-shards=1", *IN_MEMORY])
+    assert lost
+    assert not (out / "LATEST").exists()

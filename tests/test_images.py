@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+from google.api_core.exceptions import InternalServerError, NotFound, ServiceUnavailable
 from PIL import Image
 
 from schemas.records import Reason
@@ -85,3 +86,45 @@ def test_header_pixel_limit():
 )
 def test_safe_relative_path(name, ok):
     assert safe_relative_path(name) is ok
+
+
+class _FlakyFilesystem:
+    """A Beam filesystem stand-in whose reads fail as storage fails."""
+
+    def __init__(self, exc):
+        self._exc = exc
+
+    def open(self, path, compression_type=None):
+        raise self._exc
+
+
+def _plan():
+    from schemas.records import ImagePlan
+
+    return ImagePlan("val", 1, "1.jpg", 32, 24, "gs://b/val/1.jpg", "a.json", [], [], [])
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TimeoutError("read timed out"),
+        ConnectionResetError("connection reset by peer"),
+        ServiceUnavailable("503"),
+        InternalServerError("500"),
+    ],
+)
+def test_transient_storage_errors_are_raised_for_the_runner_to_retry(exc):
+    """Never a rejection: the bundle fails and the runner retries it (a 503 proxy in front of a
+    real GCS server shows the retries end to end, in test_gcs)."""
+    from transforms.write_shards import load_image
+
+    with pytest.raises(type(exc)):
+        load_image(_plan(), 10**6, filesystem=_FlakyFilesystem(exc))
+
+
+def test_a_missing_file_is_a_permanent_rejection():
+    from transforms.write_shards import load_image
+
+    for exc in (FileNotFoundError("gone"), NotFound("no such object")):
+        rejected = load_image(_plan(), 10**6, filesystem=_FlakyFilesystem(exc))
+        assert rejected.reason == Reason.IMAGE_MISSING
