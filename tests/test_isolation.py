@@ -22,7 +22,7 @@ def decode_or_crash(value: str) -> str:
 
 
 def test_a_crash_is_told_from_the_calls_beside_it():
-    isolated = Isolated(2)
+    isolated = Isolated()
     try:
         values = ["a", "b", "bad", "c", "invalid", "d", "e", "f"]
 

@@ -209,17 +209,17 @@ class _Sanitized:
 def _marker(value) -> str | None:
     """The reason for the first marker anywhere in ``value``, if any."""
     if isinstance(value, str):
-        if "\x00coco-beam:" not in value:
-            return None
         if _NON_FINITE in value:
             return Reason.NON_FINITE_VALUE
         return Reason.INVALID_UNICODE if _BAD_UNICODE in value else None
-    children = value.values() if isinstance(value, dict) else value
-    if isinstance(value, (dict, list)):
-        for child in children:
-            reason = _marker(child)
-            if reason:
-                return reason
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list):
+        return None
+    for child in value:
+        reason = _marker(child)
+        if reason:
+            return reason
     return None
 
 

@@ -67,8 +67,9 @@ class _Child:
 
 
 class Isolated:
-    def __init__(self, workers: int):
-        del workers  # children are made as calls need them: at most one per calling thread
+    """Children are made as calls need them: at most one per thread calling at once."""
+
+    def __init__(self):
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
 
     def call(self, fn, *args, **kwargs):

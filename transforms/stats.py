@@ -108,9 +108,9 @@ def add_image(
     flags=(),
 ) -> collections.Counter:
     """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it.
-    Its pixels are added with ``add_pixels``, once for many images. ``panoptic``: its checked
-    panoptic record (``transforms.panoptic.PanopticFacts``), if it has one. ``flags``: the
-    image's warnings (its annotations carry their own), counted by name."""
+    Its pixels are added with ``add_pixel_sums`` (or ``add_pixels``, from counts).
+    ``panoptic``: its checked panoptic record (``transforms.panoptic.PanopticFacts``), if it has
+    one. ``flags``: the image's warnings (its annotations carry their own), counted by name."""
     acc["n", "images"] += 1
     for flag in flags:
         acc["flag", flag] += 1

@@ -165,7 +165,6 @@ def load_image(
             plan.split,
         )
     image_fp = crc32c_hex(data)
-    panoptic, panoptic_fp = _load_panoptic(plan, isolated)
     if _facts_known(known, plan, image_fp, histogram):
         facts = ImageFacts(
             known["sha256"],
@@ -177,6 +176,7 @@ def load_image(
             tuple(f for f in known["flags"] if f != FLAG_EXTENSION_MISMATCH),
         )
         pixels = (known["px_n"], known["px_sum"], known["px_sq"]) if histogram else None
+        panoptic, panoptic_fp = _load_panoptic(plan, isolated)
         facts = _flag_extension(plan, facts)
         return Loaded(data, facts, panoptic, image_fp, panoptic_fp, pixels, reused=True)
     try:
@@ -201,6 +201,9 @@ def load_image(
             hashlib.sha256(data).hexdigest(),
         )
     pixels = pixel_sums(facts.pixel_histogram) if histogram else None
+    # The panoptic PNG is read only for an image that is written (a rejected image's panoptic
+    # record goes with it).
+    panoptic, panoptic_fp = _load_panoptic(plan, isolated)
     return Loaded(data, _flag_extension(plan, facts), panoptic, image_fp, panoptic_fp, pixels)
 
 
@@ -333,7 +336,7 @@ class _WriteShardFn(beam.DoFn):
         self._filesystems = {}
         self._isolated = None
         if self._config.isolate_decoders:
-            self._isolated = Isolated(self._config.io_threads)
+            self._isolated = Isolated()
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
