@@ -303,3 +303,34 @@ def test_a_catalog_named_by_uri_and_properties_gets_the_snapshot(synth_root, tmp
     snapshot = table.current_snapshot()
     assert snapshot.summary.additional_properties["coco-beam.run-id"] == manifest["run_id"]
     assert table.scan().to_arrow().num_rows == manifest["counts"]["image"]["written"]
+
+
+def test_a_run_killed_before_its_lake_commit_is_registered_by_the_next(
+    synth_root, tmp_path, monkeypatch
+):
+    """A run that moved LATEST and died before committing to the lake (simulated: the commit
+    does nothing) leaves the table one run behind; the next build registers it first, so the
+    table's history holds every published run, in order, and ends at the newest."""
+    import transforms.lake
+
+    out = str(tmp_path / "out")
+    args = (f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2")
+    _, first = run_build(*args)
+    register = transforms.lake.register_run
+    monkeypatch.setattr(transforms.lake, "register_run", lambda *a, **k: {})
+    _, second = run_build(*args, "--full")
+    monkeypatch.setattr(transforms.lake, "register_run", register)
+    table = _catalog(out).load_table("coco_beam.images")
+    assert table.current_snapshot().summary.get("coco-beam.run-id") == first["run_id"]
+    third_dir, third = run_build(*args)
+    for name in ("images", "categories", "stats_categories"):
+        table = _catalog(out).load_table(f"coco_beam.{name}")
+        runs = [s.summary.get("coco-beam.run-id") for s in table.snapshots()]
+        assert runs == [first["run_id"], second["run_id"], third["run_id"]], name
+    images = _catalog(out).load_table("coco_beam.images")
+    second_snapshot = images.snapshots()[1].snapshot_id
+    files = {t.file.file_path for t in images.scan(snapshot_id=second_snapshot).plan_files()}
+    assert files and all(f"/runs/{second['run_id']}/data/" in f for f in files)
+    columns = ("split", "image_id", "sha256", "num_objects")
+    scanned = images.scan(selected_fields=columns).to_arrow().select(list(columns)).to_pylist()
+    assert _image_rows(third_dir) == sorted(tuple(r.values()) for r in scanned)

@@ -89,6 +89,7 @@ def test_killed_builds_leave_readers_a_complete_run_and_a_rerun_completes(
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     full = time.monotonic() - started
     rng = random.Random(11)
+    current = _current_snapshot_run(out)
     for i, fraction in enumerate(sorted(rng.uniform(0.05, 1.0) for _ in range(4))):
         before = _published(out)
         # Full rebuilds and incremental ones (which link the previous run's shards), killed.
@@ -101,9 +102,13 @@ def test_killed_builds_leave_readers_a_complete_run_and_a_rerun_completes(
         proc.wait()
         after = _published(out)  # the previous run, or the killed one if it had published
         assert after is not None and (after == before or after[1]["run_id"] != before[1]["run_id"])
-        # The lake table's current snapshot is a complete run's: the previous one, or the
-        # killed one if it got that far.
-        assert _current_snapshot_run(out) in {before[1]["run_id"], after[1]["run_id"]}
+        # The lake table's current snapshot is a complete run's: the one it was before, the
+        # run LATEST named (a run killed between LATEST and its commit is registered by the
+        # next one to publish), or the killed one if it got that far; never an older one.
+        registered = _current_snapshot_run(out)
+        assert registered in {current, before[1]["run_id"], after[1]["run_id"]}
+        assert registered >= current
+        current = registered
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     run_dir, manifest = _published(out)

@@ -12,20 +12,24 @@ run's files leave the current snapshot and stay readable by snapshot id), with t
 the snapshot's summary (``coco-beam.run-id``). ``images`` is committed last, after ``LATEST``
 moved: a run killed before it leaves the previous snapshot current. Iceberg commits one table
 at a time; a kill between two tables' commits leaves the statistics tables a run ahead of
-``images`` until the next run. A new column (a newer schema) is added to a table's schema
-before its files are registered.
+``images``. Registering is idempotent (a table whose current snapshot is already the run's is
+left alone), and the next run, before moving ``LATEST``, registers the run ``LATEST`` still
+names if the table lacks it (``catch_up``), so a run killed after moving ``LATEST`` still gets
+its snapshot, in order, before the next run's. A new column (a newer schema) is added to a
+table's schema before its files are registered.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["LakeConfig", "lake_config", "register_run"]
+__all__ = ["LakeConfig", "catch_up", "lake_config", "register_run"]
 
 SNAPSHOT_RUN_ID = "coco-beam.run-id"
 _CATALOG_NAME = "coco_beam"
@@ -72,15 +76,13 @@ def _uri(path: str) -> str:
     return path if FileSystems.get_scheme(path) is not None else "file://" + os.path.abspath(path)
 
 
-def register_run(config: LakeConfig, manifest: dict, run_dir: str) -> dict:
-    """Commits the run's files as new snapshots; returns ``{table: snapshot_id}``."""
-    from pyiceberg.catalog import load_catalog
-
-    props = dict(config.properties)
-    uri = props.get("uri", "")
-    if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri[len("sqlite:///") :]), exist_ok=True)
-    catalog = load_catalog(_CATALOG_NAME, **props)
+def register_run(
+    config: LakeConfig, manifest: dict, run_dir: str, only_missing: bool = False
+) -> dict:
+    """Commits the run's files as new snapshots; returns ``{table: snapshot_id}``. A table
+    whose current snapshot is already the run's gets no new one (and is left out of the result
+    when ``only_missing``)."""
+    catalog = _catalog(config)
     catalog.create_namespace_if_not_exists(config.namespace)
     run_id = manifest["run_id"]
     tables: dict[str, list[str]] = {}
@@ -98,24 +100,77 @@ def register_run(config: LakeConfig, manifest: dict, run_dir: str) -> dict:
     logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)
     snapshots = {}
     for name in sorted(tables, key=lambda n: n == "images"):
-        snapshots[name] = _commit(
+        snapshot, committed = _commit(
             catalog, f"{config.namespace}.{name}", tables[name], run_id, name == "images"
         )
+        if committed or not only_missing:
+            snapshots[name] = snapshot
     return snapshots
 
 
-def _commit(catalog, identifier: str, paths: list[str], run_id: str, by_split: bool) -> int:
+def catch_up(config: LakeConfig, output: str) -> dict:
+    """Registers the run ``OUT/LATEST`` names wherever the table's current snapshot is not yet
+    that run's (a run killed between moving ``LATEST`` and its commit); returns ``{table:
+    snapshot_id}`` of the tables it committed to, ``{}`` when there was nothing to do."""
+    latest = FileSystems.join(output, "LATEST")
+    if not FileSystems.exists(latest):
+        return {}
+    with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        run_id = f.read().decode().strip()
+    run_dir = FileSystems.join(output, "runs", run_id)
+    with FileSystems.open(
+        FileSystems.join(run_dir, "manifest.json"), compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+        manifest = json.loads(f.read())
+    if not any(s["format"] == "parquet" for s in manifest["shards"]):
+        return {}
+    if _current_run(config, "images") == run_id:
+        return {}  # committed last: every other table has the run too
+    return register_run(config, manifest, run_dir, only_missing=True)
+
+
+def _catalog(config: LakeConfig):
+    from pyiceberg.catalog import load_catalog
+
+    props = dict(config.properties)
+    uri = props.get("uri", "")
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///") :]), exist_ok=True)
+    return load_catalog(_CATALOG_NAME, **props)
+
+
+def _current_run(config: LakeConfig, name: str) -> str | None:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = _catalog(config).load_table(f"{config.namespace}.{name}")
+    except NoSuchTableError:
+        return None
+    snapshot = table.current_snapshot()
+    return snapshot.summary.get(SNAPSHOT_RUN_ID) if snapshot is not None else None
+
+
+def _commit(
+    catalog, identifier: str, paths: list[str], run_id: str, by_split: bool
+) -> tuple[int, bool]:
+    """``(current snapshot id, whether this call committed it)``."""
     import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
     from pyiceberg.table import TableProperties
 
-    uris = [_uri(p) for p in paths]
-    with FileSystems.open(paths[0], compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        arrow_schema = pq.read_schema(f).remove_metadata()
     try:
         table = catalog.load_table(identifier)
     except NoSuchTableError:
+        table = None
+    else:
+        snapshot = table.current_snapshot()
+        if snapshot is not None and snapshot.summary.get(SNAPSHOT_RUN_ID) == run_id:
+            return snapshot.snapshot_id, False
+    uris = [_uri(p) for p in paths]
+    with FileSystems.open(paths[0], compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        arrow_schema = pq.read_schema(f).remove_metadata()
+    if table is None:
         table = catalog.create_table(identifier, schema=arrow_schema)
         if by_split:
             with table.update_spec() as spec:
@@ -135,4 +190,4 @@ def _commit(catalog, identifier: str, paths: list[str], run_id: str, by_split: b
                 producer.delete_data_file(task.file)
             for data_file in data_files:
                 producer.append_data_file(data_file)
-    return table.refresh().current_snapshot().snapshot_id
+    return table.refresh().current_snapshot().snapshot_id, True

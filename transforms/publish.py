@@ -321,11 +321,17 @@ class _PublishFn(beam.DoFn):
             stale.append(cfg.temp_dir)
         if stale:
             FileSystems.delete(stale)
+        if cfg.lake is not None:
+            # A previous run killed between moving LATEST and its lake commit is registered
+            # first, so the table's history holds every published run, in order.
+            from transforms.lake import catch_up, register_run
+
+            caught_up = catch_up(cfg.lake, cfg.output)
+            if caught_up:
+                _LOGGER.info("lake table caught up with the previous run: %s", sorted(caught_up))
         _point_latest(cfg.output, cfg.run_id)
         if cfg.lake is not None:
             # Last of all: a run killed before this leaves the table's previous snapshot current.
-            from transforms.lake import register_run
-
             register_run(cfg.lake, manifest, run_dir)
         _LOGGER.info("published run %s: %d shards", cfg.run_id, len(chosen))
         yield manifest
