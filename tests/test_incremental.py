@@ -334,3 +334,26 @@ def test_a_run_killed_before_its_lake_commit_is_registered_by_the_next(
     columns = ("split", "image_id", "sha256", "num_objects")
     scanned = images.scan(selected_fields=columns).to_arrow().select(list(columns)).to_pylist()
     assert _image_rows(third_dir) == sorted(tuple(r.values()) for r in scanned)
+
+
+def test_a_lost_previous_run_that_cannot_be_registered_does_not_block_the_next(
+    synth_root, tmp_path, monkeypatch
+):
+    """The run LATEST names never reached the lake and its shards were deleted since: the next
+    run cannot register it (its files are gone), says so, and publishes and registers itself."""
+    import transforms.lake
+
+    out = str(tmp_path / "out")
+    args = (f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2")
+    _, first = run_build(*args)
+    register = transforms.lake.register_run
+    monkeypatch.setattr(transforms.lake, "register_run", lambda *a, **k: {})
+    second_dir, second = run_build(*args, "--full")
+    monkeypatch.setattr(transforms.lake, "register_run", register)
+    for path in glob.glob(os.path.join(second_dir, "data", "*.parquet")):
+        os.remove(path)
+    _, third = run_build(*args)
+    images = _catalog(out).load_table("coco_beam.images")
+    runs = [s.summary.get("coco-beam.run-id") for s in images.snapshots()]
+    assert runs == [first["run_id"], third["run_id"]]
+    assert third["changes"]["previous_run"] == second["run_id"]

@@ -326,7 +326,12 @@ class _PublishFn(beam.DoFn):
             # first, so the table's history holds every published run, in order.
             from transforms.lake import catch_up, register_run
 
-            caught_up = catch_up(cfg.lake, cfg.output)
+            try:
+                caught_up = catch_up(cfg.lake, cfg.output)
+            except Exception as exc:  # noqa: BLE001 - this run's own commit below still runs
+                # e.g. the previous run's files were deleted since: its snapshot is skipped.
+                _LOGGER.warning("lake table: the previous run was not registered: %r", exc)
+                caught_up = {}
             if caught_up:
                 _LOGGER.info("lake table caught up with the previous run: %s", sorted(caught_up))
         _point_latest(cfg.output, cfg.run_id)
