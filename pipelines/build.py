@@ -153,7 +153,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
             options.iceberg_catalog,
             options.iceberg_properties,
             options.iceberg_namespace,
-            enabled=options.iceberg and bool(options.formats),
+            enabled=_registers(options),
         ),
     )
     return pipeline | "PublishRun" >> PublishRun(
@@ -167,6 +167,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         stats=gathered["stats"],
         duplicates=gathered["duplicates"],
     )
+
+
+def _registers(options: BuildOptions) -> bool:
+    """Whether the run is registered in the lake table: the table is the Parquet output's, so a
+    build writing only TFRecord registers its statistics only in a catalog it is given, and
+    ``coco-beam stats`` (no shards) never."""
+    if not options.iceberg or not options.formats:
+        return False
+    return "parquet" in options.formats or bool(options.iceberg_catalog)
 
 
 def default_runner(options: PipelineOptions, argv: list[str]):

@@ -141,8 +141,9 @@ class BuildOptions(PipelineOptions):
             default=None,
             help="The Iceberg catalog to register each run in, as a URI (sqlite:///...,"
             " postgresql://..., http(s):// for a REST catalog, thrift:// for Hive) or a pyiceberg"
-            " catalog type (glue, bigquery) with --iceberg-property. Default for a local output:"
-            " a SQLite catalog in OUT/iceberg/; none for an object-store output.",
+            " catalog type (glue, bigquery) with --iceberg-property. Default for a local output"
+            " with Parquet shards: a SQLite catalog in OUT/iceberg/; none for an object-store"
+            " output or a TFRecord-only build.",
         )
         group.add_argument(
             "--iceberg-property",

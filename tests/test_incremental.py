@@ -357,3 +357,26 @@ def test_a_lost_previous_run_that_cannot_be_registered_does_not_block_the_next(
     runs = [s.summary.get("coco-beam.run-id") for s in images.snapshots()]
     assert runs == [first["run_id"], third["run_id"]]
     assert third["changes"]["previous_run"] == second["run_id"]
+
+
+def test_a_tfrecord_only_build_registers_statistics_only_in_a_catalog_it_is_named(
+    synth_root, tmp_path
+):
+    from pyiceberg.catalog import load_catalog
+
+    args = (f"--coco-root={synth_root}", "--num-shards=2", "--formats=tfrecord")
+    run_build(*args, f"--output={tmp_path / 'plain'}")
+    assert not (tmp_path / "plain" / "iceberg").exists()
+    uri = f"sqlite:///{tmp_path}/catalog.db"
+    warehouse = f"file://{tmp_path}/warehouse"
+    _, manifest = run_build(
+        *args,
+        f"--output={tmp_path / 'named'}",
+        f"--iceberg-catalog={uri}",
+        f"--iceberg-property=warehouse={warehouse}",
+    )
+    catalog = load_catalog("coco_beam", uri=uri, warehouse=warehouse)
+    tables = {name for _, name in catalog.list_tables("coco_beam")}
+    assert "images" not in tables and {"categories", "stats_categories"} <= tables
+    stats = catalog.load_table("coco_beam.stats_categories")
+    assert stats.current_snapshot().summary.get("coco-beam.run-id") == manifest["run_id"]
