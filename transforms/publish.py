@@ -17,6 +17,8 @@ Guarantees: nothing is renamed or published unless every shard of every split is
 conservation holds for every record kind (read == written + rejected); past
 ``max_rejected_fraction`` the run fails naming the commonest reasons. The rejected records are
 written to the run folder before a failure, so they can be read, but the run is not published.
+With a lake table (``transforms.lake``): the run ``LATEST`` still names is registered first if
+the table lacks it, then ``LATEST`` moves, then this run is registered.
 """
 
 from __future__ import annotations
