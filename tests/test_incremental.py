@@ -305,12 +305,10 @@ def test_a_catalog_named_by_uri_and_properties_gets_the_snapshot(synth_root, tmp
     assert table.scan().to_arrow().num_rows == manifest["counts"]["image"]["written"]
 
 
-def test_a_run_killed_before_its_lake_commit_is_registered_by_the_next(
-    synth_root, tmp_path, monkeypatch
-):
-    """A run that moved LATEST and died before committing to the lake (simulated: the commit
-    does nothing) leaves the table one run behind; the next build registers it first, so the
-    table's history holds every published run, in order, and ends at the newest."""
+def _a_published_run_missing_from_the_lake(synth_root, tmp_path, monkeypatch):
+    """A build, then a second one that moves LATEST but whose lake commit does nothing (as if
+    killed just before it); returns the output, the build arguments, the first manifest and the
+    second run's ``(folder, manifest)``."""
     import transforms.lake
 
     out = str(tmp_path / "out")
@@ -318,8 +316,20 @@ def test_a_run_killed_before_its_lake_commit_is_registered_by_the_next(
     _, first = run_build(*args)
     register = transforms.lake.register_run
     monkeypatch.setattr(transforms.lake, "register_run", lambda *a, **k: {})
-    _, second = run_build(*args, "--full")
+    second = run_build(*args, "--full")
     monkeypatch.setattr(transforms.lake, "register_run", register)
+    return out, args, first, second
+
+
+def test_a_run_killed_before_its_lake_commit_is_registered_by_the_next(
+    synth_root, tmp_path, monkeypatch
+):
+    """A run that moved LATEST and died before committing to the lake (simulated: the commit
+    does nothing) leaves the table one run behind; the next build registers it first, so the
+    table's history holds every published run, in order, and ends at the newest."""
+    out, args, first, (_, second) = _a_published_run_missing_from_the_lake(
+        synth_root, tmp_path, monkeypatch
+    )
     table = _catalog(out).load_table("coco_beam.images")
     assert table.current_snapshot().summary.get("coco-beam.run-id") == first["run_id"]
     third_dir, third = run_build(*args)
@@ -341,15 +351,9 @@ def test_a_lost_previous_run_that_cannot_be_registered_does_not_block_the_next(
 ):
     """The run LATEST names never reached the lake and its shards were deleted since: the next
     run cannot register it (its files are gone), says so, and publishes and registers itself."""
-    import transforms.lake
-
-    out = str(tmp_path / "out")
-    args = (f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2")
-    _, first = run_build(*args)
-    register = transforms.lake.register_run
-    monkeypatch.setattr(transforms.lake, "register_run", lambda *a, **k: {})
-    second_dir, second = run_build(*args, "--full")
-    monkeypatch.setattr(transforms.lake, "register_run", register)
+    out, args, first, (second_dir, second) = _a_published_run_missing_from_the_lake(
+        synth_root, tmp_path, monkeypatch
+    )
     for path in glob.glob(os.path.join(second_dir, "data", "*.parquet")):
         os.remove(path)
     _, third = run_build(*args)
