@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipelines.layout import LayoutError
 from pipelines.options import BuildOptions
+from transforms.incremental import latest_run
 from transforms.progress import read_progress
 from transforms.publish import RunFailed
 from transforms.runtime import relax_gc
@@ -204,10 +205,9 @@ def load_stats(location: str) -> dict:
     if location.endswith(".json"):
         path = location
     else:
-        latest = FileSystems.join(location, "LATEST")
-        if FileSystems.exists(latest):
-            with FileSystems.open(latest) as f:
-                location = FileSystems.join(location, "runs", f.read().decode().strip())
+        latest = latest_run(location)
+        if latest is not None:
+            location = latest[1]
         path = FileSystems.join(location, "stats", "stats.json")
     if not FileSystems.exists(path):
         raise FileNotFoundError(

@@ -41,9 +41,11 @@ from transforms.images import is_not_found
 __all__ = [
     "PreviousRun",
     "crc32c_hex",
+    "latest_run",
     "link_or_copy",
     "load_previous",
     "read_fingerprints",
+    "read_manifest",
     "read_state",
     "record_fingerprint",
     "shard_fingerprint",
@@ -158,21 +160,32 @@ class PreviousRun:
         return sorted({s["state"] for s in self.shards.values()})
 
 
+def latest_run(output: str) -> tuple[str, str] | None:
+    """``(run_id, run folder)`` of the run ``OUT/LATEST`` names, or None before any."""
+    latest = FileSystems.join(output, "LATEST")
+    if not FileSystems.exists(latest):
+        return None
+    with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        run_id = f.read().decode().strip()
+    return run_id, FileSystems.join(output, "runs", run_id)
+
+
+def read_manifest(run_dir: str) -> dict:
+    with FileSystems.open(
+        FileSystems.join(run_dir, "manifest.json"), compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+        return json.loads(f.read())
+
+
 def load_previous(output: str, settings: dict, versions: dict) -> tuple[PreviousRun | None, str]:
     """The output's last complete run, if it has a state of this version, else ``(None,
     why)``; its ``why`` says whether a rebuild can reuse it."""
-    latest = FileSystems.join(output, "LATEST")
-    if not FileSystems.exists(latest):
+    latest = latest_run(output)
+    if latest is None:
         return None, "no previous run"
-    with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        run_id = f.read().decode().strip()
-    run_dir = FileSystems.join(output, "runs", run_id)
+    run_id, run_dir = latest
     try:
-        with FileSystems.open(
-            FileSystems.join(run_dir, "manifest.json"),
-            compression_type=CompressionTypes.UNCOMPRESSED,
-        ) as f:
-            manifest = json.loads(f.read())
+        manifest = read_manifest(run_dir)
     except Exception as exc:  # noqa: BLE001 - an unreadable previous run is only not reused
         return None, f"previous run {run_id}: manifest unreadable ({type(exc).__name__})"
     if manifest.get("state_version") != STATE_VERSION:

@@ -22,7 +22,6 @@ table's schema before its files are registered.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 
@@ -76,12 +75,9 @@ def _uri(path: str) -> str:
     return path if FileSystems.get_scheme(path) is not None else "file://" + os.path.abspath(path)
 
 
-def register_run(
-    config: LakeConfig, manifest: dict, run_dir: str, only_missing: bool = False
-) -> dict:
-    """Commits the run's files as new snapshots; returns ``{table: snapshot_id}``. A table
-    whose current snapshot is already the run's gets no new one (and is left out of the result
-    when ``only_missing``)."""
+def register_run(config: LakeConfig, manifest: dict, run_dir: str) -> dict:
+    """Commits the run's files as new snapshots; returns ``{table: snapshot_id}`` of the tables
+    it committed to. A table whose current snapshot is already the run's gets no new one."""
     catalog = _catalog(config)
     catalog.create_namespace_if_not_exists(config.namespace)
     run_id = manifest["run_id"]
@@ -100,10 +96,10 @@ def register_run(
     logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)
     snapshots = {}
     for name in sorted(tables, key=lambda n: n == "images"):
-        snapshot, committed = _commit(
+        snapshot = _commit(
             catalog, f"{config.namespace}.{name}", tables[name], run_id, name == "images"
         )
-        if committed or not only_missing:
+        if snapshot is not None:
             snapshots[name] = snapshot
     return snapshots
 
@@ -112,21 +108,16 @@ def catch_up(config: LakeConfig, output: str) -> dict:
     """Registers the run ``OUT/LATEST`` names wherever the table's current snapshot is not yet
     that run's (a run killed between moving ``LATEST`` and its commit); returns ``{table:
     snapshot_id}`` of the tables it committed to, ``{}`` when there was nothing to do."""
-    latest = FileSystems.join(output, "LATEST")
-    if not FileSystems.exists(latest):
+    from transforms.incremental import latest_run, read_manifest
+
+    latest = latest_run(output)
+    if latest is None:
         return {}
-    with FileSystems.open(latest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        run_id = f.read().decode().strip()
-    run_dir = FileSystems.join(output, "runs", run_id)
-    with FileSystems.open(
-        FileSystems.join(run_dir, "manifest.json"), compression_type=CompressionTypes.UNCOMPRESSED
-    ) as f:
-        manifest = json.loads(f.read())
+    run_dir = latest[1]
+    manifest = read_manifest(run_dir)
     if not any(s["format"] == "parquet" for s in manifest["shards"]):
-        return {}
-    if _current_run(config, "images") == run_id:
-        return {}  # committed last: every other table has the run too
-    return register_run(config, manifest, run_dir, only_missing=True)
+        return {}  # no Parquet shards: no images table to catch up with
+    return register_run(config, manifest, run_dir)
 
 
 def _catalog(config: LakeConfig):
@@ -139,21 +130,8 @@ def _catalog(config: LakeConfig):
     return load_catalog(_CATALOG_NAME, **props)
 
 
-def _current_run(config: LakeConfig, name: str) -> str | None:
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        table = _catalog(config).load_table(f"{config.namespace}.{name}")
-    except NoSuchTableError:
-        return None
-    snapshot = table.current_snapshot()
-    return snapshot.summary.get(SNAPSHOT_RUN_ID) if snapshot is not None else None
-
-
-def _commit(
-    catalog, identifier: str, paths: list[str], run_id: str, by_split: bool
-) -> tuple[int, bool]:
-    """``(current snapshot id, whether this call committed it)``."""
+def _commit(catalog, identifier: str, paths: list[str], run_id: str, by_split: bool) -> int | None:
+    """The id of the snapshot committed, or None where the current one is already the run's."""
     import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
@@ -166,7 +144,7 @@ def _commit(
     else:
         snapshot = table.current_snapshot()
         if snapshot is not None and snapshot.summary.get(SNAPSHOT_RUN_ID) == run_id:
-            return snapshot.snapshot_id, False
+            return None
     uris = [_uri(p) for p in paths]
     with FileSystems.open(paths[0], compression_type=CompressionTypes.UNCOMPRESSED) as f:
         arrow_schema = pq.read_schema(f).remove_metadata()
@@ -190,4 +168,4 @@ def _commit(
                 producer.delete_data_file(task.file)
             for data_file in data_files:
                 producer.append_data_file(data_file)
-    return table.refresh().current_snapshot().snapshot_id, True
+    return table.refresh().current_snapshot().snapshot_id
