@@ -24,7 +24,6 @@ from pipelines.layout import LayoutError
 from pipelines.options import BuildOptions
 from transforms.incremental import latest_run
 from transforms.progress import read_progress
-from transforms.publish import RunFailed
 from transforms.runtime import relax_gc
 
 __all__ = ["main"]
@@ -148,6 +147,11 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
+def _raised_by_a_step(exc: BaseException) -> bool:
+    """Beam names the step in the message of an exception raised while running one."""
+    return " [while running " in str(exc)
+
+
 def _build(argv: list[str], *, command: str = "build", statistics_only: bool = False) -> int:
     from pipelines import build
 
@@ -167,15 +171,19 @@ def _build(argv: list[str], *, command: str = "build", statistics_only: bool = F
                 result, plan = build.run(argv, statistics_only=statistics_only)
         else:
             result, plan = build.run(argv, statistics_only=statistics_only)
-    except (LayoutError, RunFailed, ValueError) as exc:
-        print(f"coco-beam {command}: error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
+        # A failed run (too many rejections, an unreadable annotation file) exits 1, whether
+        # it was raised in this process or reached it wrapped by a worker process; bad
+        # arguments and layouts, found before the pipeline runs, exit 2; anything else is a
+        # bug and keeps its traceback.
         message = _user_error(exc)
-        if message is None:
-            raise
-        print(f"coco-beam {command}: error: {message}", file=sys.stderr)
-        return 1
+        if message is not None:
+            print(f"coco-beam {command}: error: {message}", file=sys.stderr)
+            return 1
+        if isinstance(exc, (LayoutError, ValueError)) and not _raised_by_a_step(exc):
+            print(f"coco-beam {command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
     finally:
         if progress is not None:
             progress.cleanup()
@@ -285,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Beam logs a failing step's traceback before raising it; the run ends with one line
+    # saying why instead (worker processes are told the same by ``build.default_runner``).
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     relax_gc()  # the in-process runner holds every shuffled record in this process
     return commands[argv[0]](argv[1:])
 

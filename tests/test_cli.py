@@ -1,4 +1,4 @@
-"""The command line as a user runs it: default runner (one process per core), summary."""
+"""The command line as a user runs it: default runner (in process), summary."""
 
 import hashlib
 import json
@@ -23,7 +23,27 @@ def _coco_beam(*args, **kwargs):
     )
 
 
-def test_synth_then_build_with_default_runner(tmp_path):
+def test_default_runner_is_in_process_unless_told():
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    from pipelines import build
+
+    for argv, expected in [
+        ([], (1, "in_memory")),
+        (["--direct_num_workers=2"], (2, "multi_processing")),
+        (
+            ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
+            (2, "multi_threading"),
+        ),
+    ]:
+        options = PipelineOptions(argv)
+        assert isinstance(build.default_runner(options, argv), FnApiRunner)
+        direct = options.view_as(DirectOptions)
+        assert (direct.direct_num_workers, direct.direct_running_mode) == expected, argv
+
+
+def test_synth_then_build_in_worker_processes(tmp_path):
     root, out = tmp_path / "coco", tmp_path / "out"
     synth = _coco_beam("synth", "--output", str(root), "--images", "40", "--seed", "3")
     assert synth.returncode == 0, synth.stderr
@@ -40,7 +60,15 @@ def test_synth_then_build_with_default_runner(tmp_path):
         "person_keypoints_train2017.json",
         "person_keypoints_val2017.json",
     ]
-    built = _coco_beam("build", "--coco-root", str(root), "--output", str(out), "--num-shards=2")
+    built = _coco_beam(
+        "build",
+        "--coco-root",
+        str(root),
+        "--output",
+        str(out),
+        "--num-shards=2",
+        "--direct_num_workers=2",
+    )
     assert built.returncode == 0, built.stderr
     assert re.search(r"images\s+40 written of 40\n", built.stdout), built.stdout
     assert re.search(r"shards\s+6 \(", built.stdout), built.stdout
