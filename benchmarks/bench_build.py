@@ -4,7 +4,7 @@ The loop reads every annotation file with ``json.load``, then for every image re
 hashes and decodes them, turns every instance into compressed RLE the way ``annToRLE`` does,
 and writes the same Parquet schema with the same compression, one file per split. Both are
 timed as separate processes, with the peak resident memory of the whole process tree sampled
-from /proc (the build's worker processes included).
+from /proc (the build's child processes included).
 
 Usage: python benchmarks/bench_build.py [--sizes 1000 5000 20000] [--tiny-copies 20]
 Data is generated once under bench-data/ and reused.

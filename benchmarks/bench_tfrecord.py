@@ -6,10 +6,10 @@ off and on, as separate processes timed from start to end with the peak resident
 whole process tree. Model Garden's ``official/vision/data/create_coco_tf_record.py`` (from the
 ``tf-models-official`` package, installed into its own virtual environment under bench-data/
 because it pins its own TensorFlow) runs with ``--num_processes=2``; the build runs with its
-defaults (one worker process per core), and again doing the same work as Model Garden plus
-decoding and verifying every image: ``--no-statistics`` (Model Garden computes none) and
-``--no-isolate-decoders`` (it runs its decoders in its own processes, unguarded). Both write the
-same number of shards.
+defaults (Beam in one process, decoding in child processes), and again doing the same work as
+Model Garden plus decoding and verifying every image: ``--no-statistics`` (Model Garden
+computes none) and ``--no-isolate-decoders`` (its pool processes run unguarded). Both write
+the same number of shards.
 
 Usage: python benchmarks/bench_tfrecord.py [--images 3000 12000] [--repeat 2]
 """
