@@ -8,10 +8,10 @@ Guarantees of ``inspect_image``:
     ``LOAD_TRUNCATED_IMAGES`` is never set);
   * pixels are not rotated: COCO annotations live in the stored pixel space, so the EXIF
     orientation is recorded, and a size swapped by an orientation of 5 to 8 is flagged;
-  * ``pixel_histogram`` counts every pixel of the decoded image per RGB channel (256 bins
-    each), under one conversion: grey images count their value in all three channels, every
-    other mode goes through Pillow's ``convert("RGB")`` (palette looked up, alpha dropped,
-    CMYK by Pillow's formula).
+  * ``pixel_sums`` counts every pixel of the decoded image per RGB channel (from a 256-bin
+    histogram each, so the sums are exact integers), under one conversion: grey images count
+    their value in all three channels, every other mode goes through Pillow's
+    ``convert("RGB")`` (palette looked up, alpha dropped, CMYK by Pillow's formula).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "ImageFacts",
     "inspect_image",
     "is_not_found",
+    "pixel_sums",
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG")
@@ -56,8 +57,8 @@ class ImageFacts:
     height: int
     exif_orientation: int | None
     flags: tuple[str, ...]
-    # int64 counts: R[0..255], G[0..255], B[0..255]
-    pixel_histogram: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    # ``pixel_sums`` of the decoded pixels: (pixels, [sum R, G, B], [sum of squares R, G, B])
+    pixel_sums: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -91,7 +92,7 @@ def _decode(data: bytes, max_pixels: int, histogram: bool):
             image.mode,
             image.size,
             image.getexif().get(_EXIF_ORIENTATION),
-            rgb_histogram(image) if histogram else None,
+            pixel_sums(rgb_histogram(image)) if histogram else None,
         )
 
 
@@ -104,6 +105,18 @@ def rgb_histogram(image: Image.Image) -> np.ndarray:
     return np.asarray(image.histogram(), np.int64)
 
 
+_VALUES = np.arange(256, dtype=np.int64)
+_POWERS = np.stack([np.ones(256, np.int64), _VALUES, _VALUES * _VALUES], axis=1)  # 256 x 3
+
+
+def pixel_sums(histogram) -> tuple[int, list[int], list[int]]:
+    """``(pixels, [sum of R, G, B], [sum of squares of R, G, B])`` from 768 per-channel counts
+    (R, G, B; 256 values each), exact integers (int64 holds 255^2 times 2^47 pixels). Computed
+    where the image is decoded, so seven integers travel instead of 768."""
+    moments = np.asarray(histogram, np.int64).reshape(3, 256) @ _POWERS  # 3 x (n, sum, sq)
+    return int(moments[0, 0]), [int(v) for v in moments[:, 1]], [int(v) for v in moments[:, 2]]
+
+
 def inspect_image(
     data: bytes,
     width: int,
@@ -113,7 +126,7 @@ def inspect_image(
     histogram: bool = True,
 ) -> ImageFacts:
     """Decodes ``data`` once and checks it against the JSON's ``width`` and ``height``;
-    ``histogram``: also count its pixels (``pixel_histogram`` is None otherwise).
+    ``histogram``: also count its pixels (``pixel_sums`` is None otherwise).
 
     Raises ``RecordError`` with one of image_corrupt, image_truncated, image_too_large,
     format_not_allowed, unsupported_mode, dims_mismatch.

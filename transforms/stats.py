@@ -25,9 +25,9 @@ import math
 from collections.abc import Iterable
 
 import apache_beam as beam
-import numpy as np
 from pycocotools import mask as mask_utils
 
+from transforms.images import pixel_sums
 from transforms.runtime import unpack
 
 __all__ = [
@@ -154,17 +154,6 @@ def add_image(
     return acc
 
 
-_VALUES = np.arange(256, dtype=np.int64)
-_POWERS = np.stack([np.ones(256, np.int64), _VALUES, _VALUES * _VALUES], axis=1)  # 256 x 3
-
-
-def pixel_sums(histogram) -> tuple[int, list[int], list[int]]:
-    """``(pixels, [sum of R, G, B], [sum of squares of R, G, B])`` from 768 per-channel counts
-    (R, G, B; 256 values each), exact integers (int64 holds 255^2 times 2^47 pixels)."""
-    moments = np.asarray(histogram, np.int64).reshape(3, 256) @ _POWERS  # 3 x (n, sum, sq)
-    return int(moments[0, 0]), [int(v) for v in moments[:, 1]], [int(v) for v in moments[:, 2]]
-
-
 def add_pixel_sums(
     acc: collections.Counter, n: int, sums: Iterable[int], squares: Iterable[int]
 ) -> collections.Counter:
@@ -179,7 +168,7 @@ def add_pixel_sums(
 
 def add_pixels(acc: collections.Counter, histogram: Iterable[int]) -> collections.Counter:
     """Adds 768 per-channel pixel counts (R, G, B; 256 values each), e.g. the sum of many
-    images' ``ImageFacts.pixel_histogram``."""
+    images' pixel histograms (``transforms.images.rgb_histogram``)."""
     return add_pixel_sums(acc, *pixel_sums(histogram))
 
 

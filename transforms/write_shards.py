@@ -52,7 +52,7 @@ from transforms.parquet_file import ParquetFile
 from transforms.progress import ProgressReporter
 from transforms.runtime import pack, relax_gc, unpack
 from transforms.sharding import shard_name
-from transforms.stats import add_image, add_pixel_sums, pixel_sums
+from transforms.stats import add_image, add_pixel_sums
 from transforms.tfrecord_file import TFRecordFile
 
 __all__ = [
@@ -200,7 +200,7 @@ def load_image(
             plan.split,
             hashlib.sha256(data).hexdigest(),
         )
-    pixels = pixel_sums(facts.pixel_histogram) if histogram else None
+    pixels = facts.pixel_sums if histogram else None
     # The panoptic PNG is read only for an image that is written (a rejected image's panoptic
     # record goes with it).
     panoptic, panoptic_fp = _load_panoptic(plan, isolated)
