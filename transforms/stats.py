@@ -110,37 +110,43 @@ def add_image(
     """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it.
     Its pixels are added with ``add_pixel_sums`` (or ``add_pixels``, from counts).
     ``panoptic``: its checked panoptic record (``transforms.panoptic.PanopticFacts``), if it has
-    one. ``flags``: the image's warnings (its annotations carry their own), counted by name."""
-    acc["n", "images"] += 1
-    for flag in flags:
-        acc["flag", flag] += 1
-    acc["format", fmt] += 1
-    acc["mode", mode] += 1
-    acc["exif_orientation", exif_orientation or 0] += 1
-    acc["h", "image_width", _bin(width, 16)] += 1
-    acc["h", "image_height", _bin(height, 16)] += 1
-    acc["h", "image_aspect_log2", _bin(math.log2(width / height), 0.125)] += 1
-    acc["h", "file_size_log2_kib", _bin(math.log2(max(num_bytes, 1) / 1024), 0.25)] += 1
-    acc["size2d", width // 64, height // 64] += 1
-    acc["n", "pixels"] += width * height
+    one. ``flags``: the image's warnings (its annotations carry their own), counted by name.
 
-    acc["n", "annotations"] += len(annotations)
-    acc["h", "objects_per_image", _count_bin(len(annotations))] += 1
-    if not annotations:
-        acc["n", "images_without_annotations"] += 1
+    Keys counted once are gathered in a list and counted by ``Counter.update`` (a C loop): an
+    image of COCO's has about a hundred of them, and this runs once per image written."""
     categories = sorted({a["category_id"] for a in annotations})
-    acc["h", "categories_per_image", _count_bin(len(categories))] += 1
-    for cat in categories:
-        acc["cat", cat, "images"] += 1
-    for i, a in enumerate(categories):
-        for b in categories[i + 1 :]:
-            acc["pair", a, b] += 1
+    keys = [
+        ("n", "images"),
+        ("format", fmt),
+        ("mode", mode),
+        ("exif_orientation", exif_orientation or 0),
+        ("h", "image_width", _bin(width, 16)),
+        ("h", "image_height", _bin(height, 16)),
+        ("h", "image_aspect_log2", _bin(math.log2(width / height), 0.125)),
+        ("h", "file_size_log2_kib", _bin(math.log2(max(num_bytes, 1) / 1024), 0.25)),
+        ("size2d", width // 64, height // 64),
+        ("h", "objects_per_image", _count_bin(len(annotations))),
+        ("h", "categories_per_image", _count_bin(len(categories))),
+    ]
+    keys += [("flag", flag) for flag in flags]
+    if not annotations:
+        keys.append(("n", "images_without_annotations"))
+    keys += [("cat", cat, "images") for cat in categories]
+    keys += [("pair", a, b) for i, a in enumerate(categories) for b in categories[i + 1 :]]
+    # Mask areas in one call per image (a call per mask costs twice as much).
+    masked = [a["rle"] for a in annotations if a["bbox"][2] * a["bbox"][3] > 0]
+    mask_areas = iter(
+        mask_utils.area([{"size": r["size"], "counts": r["counts"]} for r in masked])
+        if masked
+        else ()
+    )
     for ann in annotations:
-        _add_annotation(acc, ann, width, height)
-
+        _annotation_keys(keys, ann, width, height, mask_areas)
+    keys += [("h", "caption_words", _count_bin(len(c["caption"].split()))) for c in captions]
+    acc.update(keys)
+    acc["n", "pixels"] += width * height
+    acc["n", "annotations"] += len(annotations)
     acc["n", "captions"] += len(captions)
-    for cap in captions:
-        acc["h", "caption_words", _count_bin(len(cap["caption"].split()))] += 1
     if panoptic is not None:
         acc["n", "panoptic_images"] += 1
         acc["n", "panoptic_pixels"] += width * height
@@ -172,42 +178,46 @@ def add_pixels(acc: collections.Counter, histogram: Iterable[int]) -> collection
     return add_pixel_sums(acc, *pixel_sums(histogram))
 
 
-def _add_annotation(acc: collections.Counter, ann: dict, width: int, height: int) -> None:
+def _annotation_keys(keys: list, ann: dict, width: int, height: int, mask_areas) -> None:
+    """Appends the keys one annotation counts once each; ``mask_areas`` yields the mask area of
+    each annotation with a box of positive area, in order."""
     cat = ann["category_id"]
-    acc["cat", cat, "instances"] += 1
+    keys.append(("cat", cat, "instances"))
     if ann["iscrowd"]:
-        acc["n", "crowd"] += 1
-        acc["cat", cat, "crowd"] += 1
+        keys += (("n", "crowd"), ("cat", cat, "crowd"))
     area = ann["area"]
     bucket = "area_small" if area < _SMALL else "area_medium" if area < _MEDIUM else "area_large"
-    acc["cat", cat, bucket] += 1
     x, y, w, h = ann["bbox"]
-    acc["h", "bbox_width", _bin(w, 1)] += 1
-    acc["h", "bbox_height", _bin(h, 1)] += 1
+    keys += (
+        ("cat", cat, bucket),
+        ("h", "bbox_width", _bin(w, 1)),
+        ("h", "bbox_height", _bin(h, 1)),
+    )
     box = w * h  # may underflow to 0 or overflow to infinity for extreme sides
     if box > 0:
-        # A difference of logs: w / h itself can underflow to 0 or overflow.
-        acc["h", "bbox_aspect_log2", _bin(math.log2(w) - math.log2(h), 0.125)] += 1
-        mask_area = float(
-            mask_utils.area({"size": ann["rle"]["size"], "counts": ann["rle"]["counts"]})
+        mask_area = float(next(mask_areas))
+        keys += (
+            # A difference of logs: w / h itself can underflow to 0 or overflow.
+            ("h", "bbox_aspect_log2", _bin(math.log2(w) - math.log2(h), 0.125)),
+            ("h", "mask_to_bbox_area", _bin(mask_area / box, 0.05)),
         )
-        acc["h", "mask_to_bbox_area", _bin(mask_area / box, 0.05)] += 1
     else:
-        acc["n", "zero_size_boxes"] += 1
-    for flag in ann.get("flags", ()):
-        acc["flag", flag] += 1
-    if "bbox_outside_image" in ann.get("flags", ()):
-        acc["n", "boxes_outside_image"] += 1
-    acc["h", "bbox_relative_size", _bin(math.sqrt(max(box, 0) / (width * height)), 0.01)] += 1
+        keys.append(("n", "zero_size_boxes"))
+    flags = ann.get("flags", ())
+    keys += [("flag", flag) for flag in flags]
+    if "bbox_outside_image" in flags:
+        keys.append(("n", "boxes_outside_image"))
     cx = min(max((x + w / 2) / width, 0.0), 1.0)
     cy = min(max((y + h / 2) / height, 0.0), 1.0)
-    acc["centre", min(int(cx * _GRID), _GRID - 1), min(int(cy * _GRID), _GRID - 1)] += 1
+    keys += (
+        ("h", "bbox_relative_size", _bin(math.sqrt(max(box, 0) / (width * height)), 0.01)),
+        ("centre", min(int(cx * _GRID), _GRID - 1), min(int(cy * _GRID), _GRID - 1)),
+    )
     keypoints = ann.get("keypoints")
     if keypoints:
         if ann.get("num_keypoints"):
-            acc["n", "people_with_keypoints"] += 1
-        for j, v in enumerate(keypoints[2::3]):
-            acc["joint", j, int(v)] += 1
+            keys.append(("n", "people_with_keypoints"))
+        keys += [("joint", j, int(v)) for j, v in enumerate(keypoints[2::3])]
 
 
 def merge(accumulators: Iterable[collections.Counter]) -> collections.Counter:
