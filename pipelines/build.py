@@ -107,6 +107,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         previous, why = load_previous(plan.output, settings, library_versions())
         _LOGGER.info("previous run: %s", previous.run_id if previous else why)
     reusable = previous if previous is not None and not previous.why and not options.full else None
+    lake = lake_config(
+        plan.output,
+        options.iceberg_catalog,
+        options.iceberg_properties,
+        options.iceberg_namespace,
+        enabled=_registers(options),
+    )
     writer_config = ShardWriterConfig(
         temp_dir=plan.temp_dir,
         row_group_bytes=options.row_group_bytes,
@@ -119,6 +126,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         panoptic_semantic=options.panoptic_semantic,
         previous=reusable,
         isolate_decoders=options.isolate_decoders,
+        prepare=("report",) * options.statistics + ("lake",) * (lake is not None),
     )
     written = assigned["keyed"] | "WriteShards" >> WriteShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
@@ -147,13 +155,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         statistics=options.statistics,
         previous=previous,
         incremental=reusable is not None,
-        lake=lake_config(
-            plan.output,
-            options.iceberg_catalog,
-            options.iceberg_properties,
-            options.iceberg_namespace,
-            enabled=_registers(options),
-        ),
+        lake=lake,
     )
     return pipeline | "PublishRun" >> PublishRun(
         publish_config,

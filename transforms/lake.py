@@ -28,7 +28,7 @@ import os
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["LakeConfig", "catch_up", "lake_config", "register_run"]
+__all__ = ["LakeConfig", "catch_up", "lake_config", "register_run", "warm_up"]
 
 SNAPSHOT_RUN_ID = "coco-beam.run-id"
 _CATALOG_NAME = "coco_beam"
@@ -118,6 +118,13 @@ def catch_up(config: LakeConfig, output: str) -> dict:
     if not any(s["format"] == "parquet" for s in manifest["shards"]):
         return {}  # no Parquet shards: no images table to catch up with
     return register_run(config, manifest, run_dir)
+
+
+def warm_up() -> None:
+    """Imports pyiceberg's catalogs and Parquet readers (about half a second, once a process)."""
+    import pyiceberg.catalog.sql  # noqa: F401 - the local default catalog
+    import pyiceberg.io.pyarrow  # noqa: F401
+    import pyiceberg.table  # noqa: F401
 
 
 def _catalog(config: LakeConfig):

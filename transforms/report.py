@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import json
 
-__all__ = ["PLOT_IDS", "render_report"]
+__all__ = ["PLOT_IDS", "render_report", "warm_up"]
 
 # Every plot the page holds, in page order; a test checks each one renders.
 PLOT_IDS = (
@@ -57,6 +57,18 @@ def _template():
             )
         )
     return _TEMPLATE[0]
+
+
+def warm_up() -> None:
+    """Loads what rendering needs (Plotly's figure classes for the page's trace types, the
+    template, the HTML writer), so the first ``render_report`` costs what every later one does."""
+    import plotly.graph_objects as go
+
+    fig = _figure(title="warm-up")
+    fig.add_trace(go.Bar(x=[1], y=[1]))
+    fig.add_trace(go.Heatmap(z=[[1]]))
+    fig.add_trace(go.Scatter(x=[1], y=[1]))
+    fig.to_html(full_html=False, include_plotlyjs=False, div_id="warm-up", config=_CONFIG)
 
 
 def _figure(**layout):

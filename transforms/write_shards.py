@@ -104,6 +104,9 @@ class ShardWriterConfig:
     previous: PreviousRun | None = None
     # Decode in child processes, so a native crash rejects one image instead of the worker.
     isolate_decoders: bool = True
+    # What the run's publishing step will need (``transforms.publish.prepare``), imported in the
+    # background while shards are written rather than at the end, after the last one.
+    prepare: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.formats) - set(FORMATS)
@@ -337,6 +340,10 @@ class _WriteShardFn(beam.DoFn):
         self._isolated = None
         if self._config.isolate_decoders:
             self._isolated = Isolated()
+        if self._config.prepare:
+            from transforms.publish import prepare_in_background
+
+            prepare_in_background(self._config.prepare)
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
