@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 import time
 
@@ -78,18 +79,9 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     return BuildPlan(sources, ignored, options.output.rstrip("/"), new_run_id(now), now)
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan):
-    """Adds the build to ``pipeline``; returns the manifest PCollection."""
-    images_dirs = {s.split: s.images_dir for s in plan.sources}
-    workers = pipeline.options.view_as(DirectOptions).direct_num_workers or 1
-    read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources, workers)
-    joined = read | (
-        "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir)
-    )
-    rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
-    assigned = rasterized.plans | "AssignShards" >> AssignShards(
-        images_dirs, options.shard_bytes, options.num_shards, image_counts=read["image_counts"]
-    )
+def find_previous(options: BuildOptions, plan: BuildPlan) -> tuple[dict, object, object]:
+    """``(settings, previous, reusable)``: the run's settings, the output's last complete run
+    (or None) and that run again if this one rebuilds from it (None for a full build)."""
     settings = {
         "num_shards": options.num_shards,
         "shard_bytes": options.shard_bytes,
@@ -107,6 +99,25 @@ def build_pipeline(pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPl
         previous, why = load_previous(plan.output, settings, library_versions())
         _LOGGER.info("previous run: %s", previous.run_id if previous else why)
     reusable = previous if previous is not None and not previous.why and not options.full else None
+    return settings, previous, reusable
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan, previous_run=None
+):
+    """Adds the build to ``pipeline``; returns the manifest PCollection. ``previous_run``:
+    what ``find_previous`` says, if already asked."""
+    images_dirs = {s.split: s.images_dir for s in plan.sources}
+    workers = pipeline.options.view_as(DirectOptions).direct_num_workers or 1
+    read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources, workers)
+    joined = read | (
+        "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir)
+    )
+    rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
+    assigned = rasterized.plans | "AssignShards" >> AssignShards(
+        images_dirs, options.shard_bytes, options.num_shards, image_counts=read["image_counts"]
+    )
+    settings, previous, reusable = previous_run or find_previous(options, plan)
     lake = lake_config(
         plan.output,
         options.iceberg_catalog,
@@ -179,18 +190,20 @@ def _registers(options: BuildOptions) -> bool:
     return "parquet" in options.formats or bool(options.iceberg_catalog)
 
 
-def default_runner(options: PipelineOptions, argv: list[str]):
+def default_runner(options: PipelineOptions, argv: list[str], *, rebuilding: bool = False):
     """The runner when none is named: Beam's FnApiRunner (what the DirectRunner runs batch
     jobs on), in this process, unless ``--direct_num_workers`` (then one worker process each)
-    or ``--direct_running_mode`` say otherwise. Chosen explicitly so the DirectRunner never
-    tries to download its Prism runner first.
+    or ``--direct_running_mode`` say otherwise; ``rebuilding`` (an incremental rebuild): one
+    worker process per core. Chosen explicitly so the DirectRunner never tries to download its
+    Prism runner first.
 
     One Beam worker is enough to keep every core busy: decoding, the bulk of a build's CPU,
     runs in child processes (or, with ``--no-isolate-decoders``, threads that release the
     GIL), several at once. Measured on 2 cores (README, Performance), it is about as fast as
     one worker process per core in a third of the memory: worker processes each hold their
     share of the annotation index, and the launcher holds every collection that crosses a
-    stage boundary once more to hand it over."""
+    stage boundary once more to hand it over. A rebuild is the exception: most of its work is
+    rewriting shards from rows it already has, in Python, which only more processes spread."""
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -198,7 +211,7 @@ def default_runner(options: PipelineOptions, argv: list[str]):
     given = {arg.split("=", 1)[0] for arg in argv}
     direct = options.view_as(DirectOptions)
     if "--direct_num_workers" not in given:
-        direct.direct_num_workers = 1
+        direct.direct_num_workers = (os.cpu_count() or 1) if rebuilding else 1
     if "--direct_running_mode" not in given:
         multi = direct.direct_num_workers != 1
         direct.direct_running_mode = "multi_processing" if multi else "in_memory"
@@ -239,14 +252,15 @@ def run(argv=None, test_pipeline=None, *, statistics_only=False):
             raise ValueError("--no-statistics leaves coco-beam stats nothing to do")
         build_options.formats = []
     plan = plan_build(build_options)
+    previous_run = find_previous(build_options, plan)
     if test_pipeline is not None:
         pipeline = test_pipeline
     else:
         runner = None
         if options.view_as(StandardOptions).runner is None:
-            runner = default_runner(options, argv)
+            runner = default_runner(options, argv, rebuilding=previous_run[2] is not None)
         pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, build_options, plan)
+    build_pipeline(pipeline, build_options, plan, previous_run)
     _LOGGER.info("run %s: %d annotation files -> %s", plan.run_id, len(plan.sources), plan.run_dir)
     result = pipeline.run()
     result.wait_until_finish()

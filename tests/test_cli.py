@@ -41,6 +41,13 @@ def test_default_runner_is_in_process_unless_told():
         assert isinstance(build.default_runner(options, argv), FnApiRunner)
         direct = options.view_as(DirectOptions)
         assert (direct.direct_num_workers, direct.direct_running_mode) == expected, argv
+    # A rebuild's work is rewriting shards in Python: one worker process per core.
+    options = PipelineOptions([])
+    build.default_runner(options, [], rebuilding=True)
+    direct = options.view_as(DirectOptions)
+    cores = os.cpu_count() or 1
+    expected = (cores, "multi_processing" if cores > 1 else "in_memory")
+    assert (direct.direct_num_workers, direct.direct_running_mode) == expected
 
 
 def test_synth_then_build_in_worker_processes(tmp_path):
@@ -188,3 +195,24 @@ def test_a_failed_run_ends_in_one_clear_line_and_publishes_nothing(synth_root, t
     assert not (out / "LATEST").exists()
     [run_dir] = os.listdir(out / "runs")
     assert not os.path.exists(out / "runs" / run_dir / "manifest.json")
+
+
+def test_a_rebuild_with_the_default_runner_reuses_and_equals_the_first_build(tmp_path):
+    """The second build into the same output runs in worker processes (a rebuild); with
+    nothing changed it reuses every shard and publishes the same bytes."""
+    root, out = tmp_path / "coco", tmp_path / "out"
+    assert (
+        _coco_beam("synth", "--output", str(root), "--images", "30", "--seed", "5").returncode == 0
+    )
+    runs = []
+    for _ in range(2):
+        built = _coco_beam("build", "--coco-root", str(root), "--output", str(out))
+        assert built.returncode == 0, built.stderr
+        run_dir = out / "runs" / (out / "LATEST").read_text().strip()
+        runs.append((run_dir, json.loads((run_dir / "manifest.json").read_text())))
+    (first_dir, _), (second_dir, manifest) = runs
+    assert first_dir != second_dir
+    assert manifest["changes"]["incremental"] is True
+    assert manifest["changes"]["shards_reused"] == len(shard_files(str(first_dir))) > 0
+    for a, b in zip(shard_files(str(first_dir)), shard_files(str(second_dir)), strict=True):
+        assert pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes()
