@@ -251,6 +251,15 @@ def run(argv=None, test_pipeline=None, *, statistics_only=False):
         if not build_options.statistics:
             raise ValueError("--no-statistics leaves coco-beam stats nothing to do")
         build_options.formats = []
+    if options.view_as(DirectOptions).direct_running_mode == "multi_threading":
+        # Measured: 1 run in 4 of 3,200 images lost a few images between the shard writers and
+        # the publishing step in this mode (the conservation check failed those runs, so
+        # nothing wrong was published); in_memory and multi_processing never did.
+        raise ValueError(
+            "--direct_running_mode=multi_threading is not supported: in that mode Beam's local "
+            "runner intermittently lost images in this pipeline; use in_memory (the default) "
+            "or multi_processing"
+        )
     plan = plan_build(build_options)
     previous_run = find_previous(build_options, plan)
     if test_pipeline is not None:

@@ -117,6 +117,21 @@ def test_errors_are_one_clear_line(tmp_path):
     assert _coco_beam("frobnicate").returncode == 2
 
 
+def test_the_multi_threaded_local_runner_is_refused_before_anything_runs(tmp_path):
+    result = _coco_beam(
+        "build",
+        "--coco-root",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "o"),
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_threading",
+    )
+    assert result.returncode == 2
+    assert "error: --direct_running_mode=multi_threading is not supported" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
 def test_progress_bar_on_a_terminal(synth_root, tmp_path):
     """On a terminal, the bar counts images done out of images known and ends at the total."""
     import fcntl
