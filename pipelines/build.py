@@ -103,10 +103,10 @@ def find_previous(options: BuildOptions, plan: BuildPlan) -> tuple[dict, object,
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan, previous_run=None
+    pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan, previous_run: tuple
 ):
     """Adds the build to ``pipeline``; returns the manifest PCollection. ``previous_run``:
-    what ``find_previous`` says, if already asked."""
+    what ``find_previous`` said (the runner is chosen from it first)."""
     images_dirs = {s.split: s.images_dir for s in plan.sources}
     workers = pipeline.options.view_as(DirectOptions).direct_num_workers or 1
     read = pipeline | "ReadCocoAnnotations" >> ReadCocoAnnotations(plan.sources, workers)
@@ -117,7 +117,7 @@ def build_pipeline(
     assigned = rasterized.plans | "AssignShards" >> AssignShards(
         images_dirs, options.shard_bytes, options.num_shards, image_counts=read["image_counts"]
     )
-    settings, previous, reusable = previous_run or find_previous(options, plan)
+    settings, previous, reusable = previous_run
     lake = lake_config(
         plan.output,
         options.iceberg_catalog,
@@ -137,7 +137,11 @@ def build_pipeline(
         panoptic_semantic=options.panoptic_semantic,
         previous=reusable,
         isolate_decoders=options.isolate_decoders,
-        prepare=("report",) * options.statistics + ("lake",) * (lake is not None),
+        prepare=tuple(
+            need
+            for need, wanted in (("report", options.statistics), ("lake", lake is not None))
+            if wanted
+        ),
     )
     written = assigned["keyed"] | "WriteShards" >> WriteShards(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]

@@ -32,10 +32,7 @@ def test_default_runner_is_in_process_unless_told():
     for argv, expected in [
         ([], (1, "in_memory")),
         (["--direct_num_workers=2"], (2, "multi_processing")),
-        (
-            ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
-            (2, "multi_threading"),
-        ),
+        (["--direct_running_mode=multi_processing"], (1, "multi_processing")),
     ]:
         options = PipelineOptions(argv)
         assert isinstance(build.default_runner(options, argv), FnApiRunner)
