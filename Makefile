@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(BIN)/coco-beam build --coco-root demo/coco --output demo/out
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pipelines transforms schemas tests benchmarks deploy
+	$(BIN)/ruff check __init__.py pipelines transforms schemas tests benchmarks deploy
 
 # The report's test opens it in Debian's Chromium, installed here when missing.
 CHROMIUM ?= /usr/bin/chromium

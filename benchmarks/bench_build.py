@@ -89,7 +89,7 @@ def baseline_loop(root: str, out: str) -> None:
     from PIL import Image
     from pycocotools import mask as mask_utils
 
-    from schemas.parquet import arrow_schema, column_codecs
+    from coco_beam.schemas.parquet import arrow_schema, column_codecs
 
     os.makedirs(out, exist_ok=True)
     splits: dict[str, dict] = {}
@@ -251,7 +251,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "pipelines.cli",
+                    "coco_beam.pipelines.cli",
                     "synth",
                     "--output",
                     root,
@@ -278,7 +278,7 @@ def main() -> None:
         build_cmd = [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "coco_beam.pipelines.cli",
             "build",
             "--coco-root",
             root,

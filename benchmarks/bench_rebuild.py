@@ -127,7 +127,7 @@ def main() -> None:
         for path in (root, out, full_out):
             shutil.rmtree(path, ignore_errors=True)
         subprocess.run(["cp", "-al", base, root], check=True)
-        build = [sys.executable, "-m", "pipelines.cli", "build", "--coco-root", root]
+        build = [sys.executable, "-m", "coco_beam.pipelines.cli", "build", "--coco-root", root]
         first_s, _ = measure([*build, "--output", out])
         unchanged_s, _ = measure([*build, "--output", out])
         assert _manifest(out)["changes"]["shards_rewritten"] == 0

@@ -106,7 +106,7 @@ def main() -> None:
         build = [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "coco_beam.pipelines.cli",
             "build",
             f"--coco-root={root}",
             f"--output={out}",

@@ -27,17 +27,17 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipelines.layout import find_sources
-from pipelines.options import BuildOptions
-from transforms.assign_shards import AssignShards
-from transforms.incremental import load_previous
-from transforms.join import JoinAnnotationsToImages
-from transforms.lake import lake_config
-from transforms.publish import PublishConfig, PublishRun, library_versions
-from transforms.rasterize import RasterizeMasks
-from transforms.read_annotations import ReadCocoAnnotations
-from transforms.stats import GatherStatistics
-from transforms.write_shards import DIGESTS, STATS, ShardWriterConfig, WriteShards
+from coco_beam.pipelines.layout import find_sources
+from coco_beam.pipelines.options import BuildOptions
+from coco_beam.transforms.annotations.join import JoinAnnotationsToImages
+from coco_beam.transforms.annotations.read import ReadCocoAnnotations
+from coco_beam.transforms.images.rasterize import RasterizeMasks
+from coco_beam.transforms.runs.incremental import load_previous
+from coco_beam.transforms.runs.lake import lake_config
+from coco_beam.transforms.runs.publish import PublishConfig, PublishRun, library_versions
+from coco_beam.transforms.shards.assign import AssignShards
+from coco_beam.transforms.shards.write import DIGESTS, STATS, ShardWriterConfig, WriteShards
+from coco_beam.transforms.stats.gather import GatherStatistics
 
 __all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
 

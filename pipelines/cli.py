@@ -20,11 +20,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tqdm import tqdm
 
-from pipelines.layout import LayoutError
-from pipelines.options import BuildOptions
-from transforms.incremental import latest_run
-from transforms.progress import read_progress
-from transforms.runtime import relax_gc
+from coco_beam.pipelines.layout import LayoutError
+from coco_beam.pipelines.options import BuildOptions
+from coco_beam.transforms.runs.incremental import latest_run
+from coco_beam.transforms.runtime.packing import relax_gc
+from coco_beam.transforms.runtime.progress import read_progress
 
 __all__ = ["main"]
 
@@ -153,7 +153,7 @@ def _raised_by_a_step(exc: BaseException) -> bool:
 
 
 def _build(argv: list[str], *, command: str = "build", statistics_only: bool = False) -> int:
-    from pipelines import build
+    from coco_beam.pipelines import build
 
     if "-h" in argv or "--help" in argv:
         print(_stats_help() if statistics_only else _build_help())
@@ -227,7 +227,7 @@ def load_stats(location: str) -> dict:
 
 
 def _compare(argv: list[str]) -> int:
-    from transforms.compare import compare_stats, format_comparison
+    from coco_beam.transforms.stats.compare import compare_stats, format_comparison
 
     parser = argparse.ArgumentParser(
         prog="coco-beam stats --compare",
@@ -259,7 +259,7 @@ def _stats(argv: list[str]) -> int:
 
 
 def _synth(argv: list[str]) -> int:
-    from pipelines.synth import synthesize
+    from coco_beam.pipelines.synth import synthesize
 
     parser = argparse.ArgumentParser(
         prog="coco-beam synth", description="Write a synthetic COCO dataset."

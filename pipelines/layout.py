@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import AnnotationSource, parse_annotation_file_name
+from coco_beam.schemas.records import AnnotationSource, parse_annotation_file_name
 
 __all__ = ["LayoutError", "find_sources", "images_folder"]
 

@@ -11,9 +11,9 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.sharding import DEFAULT_SHARD_BYTES
-from transforms.write_shards import FORMATS
+from coco_beam.transforms.images.decode import DEFAULT_MAX_PIXELS
+from coco_beam.transforms.shards.sharding import DEFAULT_SHARD_BYTES
+from coco_beam.transforms.shards.write import FORMATS
 
 __all__ = ["BuildOptions", "DEFAULT_MAX_REJECTED_FRACTION"]
 

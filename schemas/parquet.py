@@ -18,7 +18,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.fields import Image, ListOf, Struct, Value
+from coco_beam.schemas.fields import Image, ListOf, Struct, Value
 
 __all__ = [
     "ANNOTATION",

@@ -22,6 +22,10 @@ __all__ = [
     "Rejection",
     "ShardFile",
     "ShardResult",
+    "TAG_ANNOTATION",
+    "TAG_CAPTION",
+    "TAG_IMAGE",
+    "TAG_PANOPTIC",
     "parse_annotation_file_name",
 ]
 
@@ -31,6 +35,8 @@ FAMILIES = ("instances", "person_keypoints", "captions", "image_info", "panoptic
 # Record kinds that conservation (read == written + rejected) is counted for; a panoptic
 # record is one image's entry of a panoptic file (its PNG and segments_info).
 KINDS = ("image", "annotation", "caption", "panoptic")
+# The same kinds as the tags of the records the reader emits and the join groups.
+TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION, TAG_PANOPTIC = KINDS
 
 # Tags of the side outputs every transform shares: records not written, with their reason,
 # and ``((counter, key), n)`` counts summed for the manifest.
@@ -110,7 +116,7 @@ def parse_annotation_file_name(name: str) -> tuple[str, str]:
     return "instances", stem
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Rejection:
     """A record that is not in the output, and why. Never carries image bytes or documents."""
 
@@ -185,7 +191,7 @@ class ShardResult:
     files_found: int  # images whose file exists (written, or rejected for their content)
     attempt: str  # unique per execution of the shard: a retried bundle writes another
     state: str | None = None  # temporary path of the shard's state file (``schemas.state``)
-    fingerprint: str = ""  # ``transforms.incremental.shard_fingerprint``
+    fingerprint: str = ""  # ``transforms.runs.incremental.shard_fingerprint``
     reused: bool = False  # its files are the previous run's, linked or copied, not rewritten
 
     @property

@@ -5,7 +5,7 @@ what changed.
 plans named, written or rejected, in image id order:
 
   * ``record_fp``: a fingerprint of everything the image's row takes from the annotation files
-    (``transforms.incremental.record_fingerprint``);
+    (``transforms.runs.incremental.record_fingerprint``);
   * ``image_fp`` / ``panoptic_fp``: CRC32C of the image's bytes and of its panoptic PNG (the
     checksum object stores keep, computed the same way for local files);
   * ``width`` and ``height`` from the JSON, which the decoded image was checked against;

@@ -17,8 +17,8 @@ import dataclasses
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from schemas.fields import Image, ListOf, Struct, Value
-from schemas.parquet import IMAGE_ROW
+from coco_beam.schemas.fields import Image, ListOf, Struct, Value
+from coco_beam.schemas.parquet import IMAGE_ROW
 
 __all__ = [
     "FEATURES",

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-import pathlib
 
 import pytest
 
-from pipelines import build
-from pipelines.synth import synthesize
+from coco_beam.pipelines.synth import synthesize
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-COCO_TINY = REPO.parent / "shared" / "data" / "coco-tiny"
-
-# The in-process runner: fast to start, and what TestPipeline uses. The default multi-process
-# runner is exercised by the CLI tests.
-IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+from helpers import run_build
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,19 +23,6 @@ def synth_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("synth")
     synthesize(str(root), 60, seed=7, processes=1)
     return str(root)
-
-
-def run_build(*args: str) -> tuple[str, dict]:
-    """Runs a build in-process; returns the run folder and its manifest."""
-    from apache_beam.io.filesystems import FileSystems
-
-    _, plan = build.run([*args, *IN_MEMORY])
-    with FileSystems.open(FileSystems.join(plan.run_dir, "manifest.json")) as f:
-        return plan.run_dir, json.loads(f.read())
-
-
-def shard_files(run_dir: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(run_dir, "data", "*.parquet")))
 
 
 @pytest.fixture(scope="session")

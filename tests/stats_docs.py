@@ -7,7 +7,7 @@ import collections
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from transforms.stats import add_image, add_pixels, stats_document
+from coco_beam.transforms.stats.gather import add_image, add_pixels, stats_document
 
 CATEGORIES = {
     1: {"id": 1, "name": "person", "supercategory": "person"},

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.build import run
-from tests.conftest import IN_MEMORY, run_build
+from coco_beam.pipelines.build import run
+
+from helpers import IN_MEMORY, run_build
 
 
 def _jpeg(w, h):
@@ -132,7 +133,7 @@ def test_malformed_json_fails_with_the_file_name(messy, tmp_path):
 
 
 def test_missing_inputs_are_clear_errors(tmp_path):
-    from pipelines.layout import LayoutError
+    from coco_beam.pipelines.layout import LayoutError
 
     with pytest.raises(LayoutError, match="no COCO annotation files"):
         run([f"--coco-root={tmp_path}", f"--output={tmp_path / 'out'}"])
@@ -192,7 +193,7 @@ def test_a_record_lost_inside_the_pipeline_fails_the_run_before_publishing(
 ):
     """Conservation is checked by the pipeline itself: a writer that loses one annotation (a
     bug, simulated) fails the run naming the kind, and nothing is published."""
-    from transforms import write_shards
+    from coco_beam.transforms.shards import write as write_shards
 
     original = write_shards._Accumulator.add
     lost = []

@@ -1,78 +1,19 @@
 """End-to-end builds of synthetic COCO, read back with independent readers."""
 
-import glob
 import hashlib
-import json
 import os
 
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
-from tests.conftest import run_build, shard_files
-
-
-def _rows(run_dir):
-    return pq.read_table(shard_files(run_dir)).to_pylist()
-
-
-def _compare_with_source(root: str, run_dir: str) -> int:
-    """Every image once with its bytes; every instance's mask equals pycocotools'; keypoints
-    and captions equal. Returns the number of masks compared."""
-    rows = {(r["split"], r["image_id"]): r for r in _rows(run_dir)}
-    seen, masks = set(), 0
-    for path in sorted(glob.glob(os.path.join(root, "annotations", "*.json"))):
-        family, split = os.path.basename(path)[:-5].rsplit("_", 1)
-        with open(path) as f:
-            doc = json.load(f)
-        for image in doc["images"]:
-            row = rows[(split, image["id"])]
-            seen.add((split, image["id"]))
-            with open(os.path.join(root, split, image["file_name"]), "rb") as f:
-                data = f.read()
-            assert row["image"]["bytes"] == data
-            assert row["sha256"] == hashlib.sha256(data).hexdigest()
-            assert (row["width"], row["height"]) == (image["width"], image["height"])
-        if family == "captions":
-            for cap in doc["annotations"]:
-                caps = rows[(split, cap["image_id"])]["captions"]
-                assert {"id": cap["id"], "caption": cap["caption"]} in caps
-        if family == "person_keypoints":
-            for ann in doc["annotations"]:
-                row = rows[(split, ann["image_id"])]
-                [got] = [a for a in row["annotations"] if a["id"] == ann["id"]]
-                assert got["keypoints"] == [float(v) for v in ann["keypoints"]]
-                assert got["num_keypoints"] == ann["num_keypoints"]
-        if family == "instances":
-            coco = COCO(path)
-            for ann_id, ann in coco.anns.items():
-                row = rows[(split, ann["image_id"])]
-                [got] = [a for a in row["annotations"] if a["id"] == ann_id]
-                rle = {"size": got["rle"]["size"], "counts": got["rle"]["counts"].encode()}
-                np.testing.assert_array_equal(mask_utils.decode(rle), coco.annToMask(ann))
-                assert got["bbox"] == [float(v) for v in ann["bbox"]]
-                assert (got["category_id"], got["iscrowd"], got["area"]) == (
-                    ann["category_id"],
-                    ann["iscrowd"],
-                    ann["area"],
-                )
-                masks += 1
-            for image_id in coco.imgs:
-                row = rows[(split, image_id)]
-                assert row["num_objects"] == len(coco.getAnnIds(imgIds=[image_id]))
-                assert [a["id"] for a in row["annotations"]] == sorted(
-                    coco.getAnnIds(imgIds=[image_id])
-                )
-    assert seen == set(rows), "rows that no annotation file lists"
-    return masks
+from helpers import compare_with_source, read_rows, run_build, shard_files
 
 
 def test_round_trip_equals_source(synth_root, synth_build):
     run_dir, manifest = synth_build
-    assert _compare_with_source(synth_root, run_dir) > 100
+    assert compare_with_source(synth_root, run_dir) > 100
     counts = manifest["counts"]
     assert counts["image"] == {"read": 60, "written": 60, "rejected": 0}
     assert counts["annotation"]["read"] == counts["annotation"]["written"] > 100
@@ -106,7 +47,7 @@ def test_manifest_lists_every_shard_with_checksums(synth_build):
 
 def test_rows_sorted_and_shards_deterministic(synth_build):
     run_dir, _ = synth_build
-    from transforms.sharding import shard_index
+    from coco_beam.transforms.shards.sharding import shard_index
 
     for path in shard_files(run_dir):
         table = pq.read_table(path)
@@ -147,10 +88,12 @@ def test_duckdb_filters_with_query_columns(synth_build):
         f"SELECT count(*) FROM '{glob_path}' WHERE list_contains(category_ids, 1)"
     ).fetchone()[0]
     expected = sum(
-        1 for r in _rows(run_dir) if any(a["category_id"] == 1 for a in r["annotations"])
+        1 for r in read_rows(run_dir) if any(a["category_id"] == 1 for a in r["annotations"])
     )
     assert people == expected > 0
-    assert crowded == sum(1 for r in _rows(run_dir) if any(a["iscrowd"] for a in r["annotations"]))
+    assert crowded == sum(
+        1 for r in read_rows(run_dir) if any(a["iscrowd"] for a in r["annotations"])
+    )
     names = con.execute(
         f"SELECT name FROM '{run_dir}/categories.parquet' WHERE id = 90 AND split = 'val2017'"
     ).fetchone()
@@ -193,7 +136,7 @@ def test_explicit_annotation_files(synth_root, tmp_path):
         f"--output={tmp_path}",
     )
     assert set(manifest["splits"]) == {"val2017"}
-    rows = _rows(run_dir)
+    rows = read_rows(run_dir)
     assert len(rows) == manifest["counts"]["image"]["written"] > 0
     assert all(r["captions"] == [] and r["split"] == "val2017" for r in rows)
 

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.build import run
-from tests.conftest import IN_MEMORY, run_build
+from coco_beam.pipelines.build import run
+
+from helpers import IN_MEMORY, run_build
 
 W, H = 32, 24
 GOOD = list(range(1, 9))

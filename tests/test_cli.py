@@ -10,12 +10,12 @@ import sys
 
 import pyarrow.parquet as pq
 
-from tests.conftest import run_build, shard_files
+from helpers import run_build, shard_files
 
 
 def _coco_beam(*args, **kwargs):
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "coco_beam.pipelines.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -27,7 +27,7 @@ def test_default_runner_is_in_process_unless_told():
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
-    from pipelines import build
+    from coco_beam.pipelines import build
 
     for argv, expected in [
         ([], (1, "in_memory")),
@@ -142,7 +142,7 @@ def test_progress_bar_on_a_terminal(synth_root, tmp_path):
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "coco_beam.pipelines.cli",
             "build",
             "--coco-root",
             synth_root,

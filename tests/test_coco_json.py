@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.records import Reason, parse_annotation_file_name
-from transforms.coco_json import (
+from coco_beam.schemas.records import Reason, parse_annotation_file_name
+from coco_beam.transforms.annotations.coco_json import (
     MAX_DEPTH,
     Flagged,
     NestingError,

@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from tests.stats_docs import small_doc
-from transforms.compare import compare_stats, format_comparison
+from coco_beam.transforms.stats.compare import compare_stats, format_comparison
+
+from stats_docs import small_doc
 
 
 def test_identical_statistics_compare_equal():
@@ -45,7 +46,7 @@ def test_leaks_and_splits_that_appear_or_go():
 
 def _coco_beam(*args):
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "coco_beam.pipelines.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -8,33 +8,31 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import COCO_TINY, run_build, shard_files
-from tests.test_build import _compare_with_source
-
-pytestmark = pytest.mark.skipif(
-    not (COCO_TINY / "annotations").is_dir(),
-    reason=f"the real COCO excerpt is not at {COCO_TINY} (it sits beside the repository in the "
-    "project's workspace)",
-)
+from helpers import compare_with_source, require_coco_tiny, run_build, shard_files
 
 
 @pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory):
-    return run_build(f"--coco-root={COCO_TINY}", f"--output={tmp_path_factory.mktemp('tiny')}")
+def coco_tiny():
+    return require_coco_tiny()
 
 
-def test_every_mask_equals_pycocotools(tiny_build):
+@pytest.fixture(scope="module")
+def tiny_build(coco_tiny, tmp_path_factory):
+    return run_build(f"--coco-root={coco_tiny}", f"--output={tmp_path_factory.mktemp('tiny')}")
+
+
+def test_every_mask_equals_pycocotools(tiny_build, coco_tiny):
     run_dir, manifest = tiny_build
-    assert _compare_with_source(str(COCO_TINY), run_dir) == 1520
+    assert compare_with_source(str(coco_tiny), run_dir) == 1520
     assert manifest["counts"]["image"] == {"read": 160, "written": 160, "rejected": 0}
     assert manifest["counts"]["annotation"] == {"read": 1520, "written": 1520, "rejected": 0}
 
 
-def test_decoded_facts_equal_pillow(tiny_build):
+def test_decoded_facts_equal_pillow(tiny_build, coco_tiny):
     run_dir, _ = tiny_build
     rows = pq.read_table(shard_files(run_dir)).to_pylist()
     for row in rows:
-        with Image.open(os.path.join(COCO_TINY, row["split"], row["file_name"])) as image:
+        with Image.open(os.path.join(coco_tiny, row["split"], row["file_name"])) as image:
             assert (row["mode"], row["format"]) == (image.mode, image.format.lower())
             assert (row["width"], row["height"]) == image.size
             stored = Image.open(io.BytesIO(row["image"]["bytes"]))

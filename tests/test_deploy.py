@@ -12,8 +12,9 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import BuildOptions
-from tests.conftest import REPO
+from coco_beam.pipelines.options import BuildOptions
+
+from helpers import REPO
 
 DEPLOY = REPO / "deploy"
 

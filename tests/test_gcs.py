@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from pipelines import build
-from tests.conftest import IN_MEMORY, run_build, shard_files
+from coco_beam.pipelines import build
+
+from helpers import IN_MEMORY, run_build, shard_files
 
 EMULATOR = shutil.which("gcp-storage-emulator") or os.path.join(
     os.path.dirname(sys.executable), "gcp-storage-emulator"

@@ -7,9 +7,10 @@ import pytest
 from google.api_core.exceptions import InternalServerError, NotFound, ServiceUnavailable
 from PIL import Image
 
-from schemas.records import Reason
-from transforms.coco_json import RecordError, safe_relative_path
-from transforms.images import FLAG_EXIF_SWAPPED, inspect_image
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import Reason
+from coco_beam.transforms.annotations.coco_json import safe_relative_path
+from coco_beam.transforms.images.decode import FLAG_EXIF_SWAPPED, inspect_image
 
 
 def _encode(width=32, height=24, fmt="JPEG", mode="RGB", exif=None):
@@ -99,7 +100,7 @@ class _FlakyFilesystem:
 
 
 def _plan():
-    from schemas.records import ImagePlan
+    from coco_beam.schemas.records import ImagePlan
 
     return ImagePlan("val", 1, "1.jpg", 32, 24, "gs://b/val/1.jpg", "a.json", [], [], [])
 
@@ -116,14 +117,14 @@ def _plan():
 def test_transient_storage_errors_are_raised_for_the_runner_to_retry(exc):
     """Never a rejection: the bundle fails and the runner retries it (a 503 proxy in front of a
     real GCS server shows the retries end to end, in test_gcs)."""
-    from transforms.write_shards import load_image
+    from coco_beam.transforms.shards.write import load_image
 
     with pytest.raises(type(exc)):
         load_image(_plan(), 10**6, filesystem=_FlakyFilesystem(exc))
 
 
 def test_a_missing_file_is_a_permanent_rejection():
-    from transforms.write_shards import load_image
+    from coco_beam.transforms.shards.write import load_image
 
     for exc in (FileNotFoundError("gone"), NotFound("no such object")):
         rejected = load_image(_plan(), 10**6, filesystem=_FlakyFilesystem(exc))

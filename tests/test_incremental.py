@@ -22,7 +22,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from tests.conftest import run_build
+from helpers import run_build
 
 SHARDS = ["--num-shards=6", "--formats=parquet,tfrecord"]
 
@@ -310,15 +310,15 @@ def _a_published_run_missing_from_the_lake(synth_root, tmp_path, monkeypatch):
     """A build, then a second one that moves LATEST but whose lake commit does nothing (as if
     killed just before it); returns the output, the build arguments, the first manifest and the
     second run's ``(folder, manifest)``."""
-    import transforms.lake
+    import coco_beam.transforms.runs.lake
 
     out = str(tmp_path / "out")
     args = (f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2")
     _, first = run_build(*args)
-    register = transforms.lake.register_run
-    monkeypatch.setattr(transforms.lake, "register_run", lambda *a, **k: {})
+    register = coco_beam.transforms.runs.lake.register_run
+    monkeypatch.setattr(coco_beam.transforms.runs.lake, "register_run", lambda *a, **k: {})
     second = run_build(*args, "--full")
-    monkeypatch.setattr(transforms.lake, "register_run", register)
+    monkeypatch.setattr(coco_beam.transforms.runs.lake, "register_run", register)
     return out, args, first, second
 
 
@@ -357,7 +357,7 @@ def test_a_lost_previous_run_that_cannot_be_registered_does_not_block_the_next(
     )
     for path in glob.glob(os.path.join(second_dir, "data", "*.parquet")):
         os.remove(path)
-    with caplog.at_level(logging.WARNING, logger="transforms.publish"):
+    with caplog.at_level(logging.WARNING, logger="coco_beam.transforms.runs.publish"):
         _, third = run_build(*args)
     assert any("previous run was not registered" in r.getMessage() for r in caplog.records)
     images = _catalog(out).load_table("coco_beam.images")

@@ -7,9 +7,10 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import run_build
-from transforms.coco_json import RecordError
-from transforms.isolation import Isolated, NativeCrash
+from coco_beam.schemas.errors import RecordError
+from coco_beam.transforms.runtime.isolation import Isolated, NativeCrash
+
+from helpers import run_build
 
 
 def decode_or_crash(value: str) -> str:

@@ -1,7 +1,7 @@
 """Unit tests of the per-image join."""
 
-from schemas.records import Reason
-from transforms.join import join_image
+from coco_beam.schemas.records import Reason
+from coco_beam.transforms.annotations.join import join_image
 
 CATS = {1: {"id": 1, "name": "person", "keypoints": ["a", "b"]}, 3: {"id": 3, "name": "car"}}
 IMG = {"id": 9, "file_name": "9.jpg", "width": 50, "height": 40}

@@ -6,9 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from schemas.records import Reason
-from transforms.coco_json import RecordError
-from transforms.masks import FLAG_RING_DROPPED, decode_rle_counts, pack_polygons, to_rle
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import Reason
+from coco_beam.transforms.images.masks import (
+    FLAG_RING_DROPPED,
+    decode_rle_counts,
+    pack_polygons,
+    to_rle,
+)
 
 
 def _decode(rle):

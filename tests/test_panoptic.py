@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests.conftest import run_build, shard_files
-from transforms.coco_json import RecordError
-from transforms.panoptic import inspect_panoptic
+from coco_beam.schemas.errors import RecordError
+from coco_beam.transforms.images.panoptic import inspect_panoptic
+
+from helpers import run_build, shard_files
 
 
 def _ids(png: bytes) -> np.ndarray:

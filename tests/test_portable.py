@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipelines import build
+from coco_beam.pipelines import build
 
 
 def _free_port() -> int:
@@ -99,7 +99,7 @@ def test_portable_runner_with_external_workers_equals_the_direct_runner(
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "coco_beam.pipelines.cli",
             "build",
             f"--coco-root={synth_root}",
             f"--output={out}",
@@ -140,7 +140,7 @@ def test_the_built_wheel_is_staged_with_extra_package(portable_services, synth_r
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "coco_beam.pipelines.cli",
             "build",
             f"--coco-root={synth_root}",
             f"--output={out}",

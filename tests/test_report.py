@@ -11,11 +11,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.stats import STATS_TABLES
-from tests.conftest import REPO
-from tests.stats_docs import small_doc
-from transforms.report import PLOT_IDS, render_report
-from transforms.stats_tables import stats_tables
+from coco_beam.schemas.stats import STATS_TABLES
+from coco_beam.transforms.stats.report import PLOT_IDS, render_report
+from coco_beam.transforms.stats.tables import stats_tables
+
+from helpers import REPO
+from stats_docs import small_doc
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("COCO_BEAM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -98,7 +99,7 @@ def test_preparing_for_publishing_changes_nothing_it_writes():
     """The writer warms the report and the lake up in the background; the page is the same."""
     import sys
 
-    from transforms.publish import prepare
+    from coco_beam.transforms.runtime.warmup import prepare
 
     doc = small_doc()
     page = render_report(doc)

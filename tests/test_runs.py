@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from tests.conftest import run_build
-from transforms import write_shards
+from coco_beam.transforms.shards import write as write_shards
+
+from helpers import run_build
 
 
 def _digest(path: str) -> str:
@@ -79,7 +80,7 @@ def test_killed_builds_leave_readers_a_complete_run_and_a_rerun_completes(
     command = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "coco_beam.pipelines.cli",
         "build",
         f"--coco-root={synth_root}",
         f"--output={out}",

@@ -5,7 +5,7 @@ import json
 import datasets
 import pyarrow as pa
 
-from schemas.parquet import COLUMNS, arrow_schema, hf_features
+from coco_beam.schemas.parquet import COLUMNS, arrow_schema, hf_features
 
 
 def test_hf_features_render_exactly_the_arrow_schema():

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from transforms.sharding import num_shards_for, shard_index, shard_name
+from coco_beam.transforms.shards.sharding import num_shards_for, shard_index, shard_name
 
 
 def test_shard_index_is_stable_and_in_range():

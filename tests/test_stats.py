@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools.coco import COCO
 
-from tests.conftest import COCO_TINY
-from transforms.runtime import pack
-from transforms.stats import (
+from coco_beam.transforms.runtime.packing import pack
+from coco_beam.transforms.stats.gather import (
     MergeStats,
     add_image,
     add_pixels,
@@ -23,6 +22,8 @@ from transforms.stats import (
     merge,
     summarize,
 )
+
+from helpers import require_coco_tiny
 
 _CATS = {1: {"name": "person", "supercategory": "person"}, 3: {"name": "car"}}
 
@@ -212,7 +213,7 @@ def test_duplicates_are_found_across_splits():
 def test_build_writes_stats_that_match_its_rows(synth_build):
     import pyarrow.parquet as pq
 
-    from tests.conftest import shard_files
+    from helpers import shard_files
 
     run_dir, manifest = synth_build
     with open(os.path.join(run_dir, "stats", "stats.json")) as f:
@@ -231,10 +232,10 @@ def test_build_writes_stats_that_match_its_rows(synth_build):
     assert stats["modes"] == dict(collections.Counter(r["mode"] for r in rows))
 
 
-@pytest.mark.skipif(not (COCO_TINY / "annotations").is_dir(), reason="coco-tiny is absent")
 def test_coco_tiny_stats_equal_pycocotools_and_pillow(tmp_path):
-    from tests.conftest import run_build
+    from helpers import run_build
 
+    COCO_TINY = require_coco_tiny()
     run_dir, _ = run_build(f"--coco-root={COCO_TINY}", f"--output={tmp_path}")
     with open(os.path.join(run_dir, "stats", "stats.json")) as f:
         stats = json.load(f)
@@ -280,7 +281,7 @@ def test_coco_tiny_stats_equal_pycocotools_and_pillow(tmp_path):
 
 
 def test_no_statistics_writes_the_same_shards_and_no_stats(synth_root, synth_build, tmp_path):
-    from tests.conftest import run_build, shard_files
+    from helpers import run_build, shard_files
 
     run_dir, manifest = synth_build
     bare_dir, bare = run_build(

@@ -18,11 +18,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from schemas.fields import Struct, Value
-from schemas.parquet import IMAGE_ROW
-from schemas.tf_example import FEATURES, Example, check_against_parquet
-from tests.conftest import run_build
-from transforms.tfrecord_file import mask_png, mask_rows
+from coco_beam.schemas.fields import Struct, Value
+from coco_beam.schemas.parquet import IMAGE_ROW
+from coco_beam.schemas.tf_example import FEATURES, Example, check_against_parquet
+from coco_beam.transforms.shards.tfrecord import mask_png, mask_rows
+
+from helpers import run_build
 
 tf = pytest.importorskip("tensorflow", reason="TensorFlow (a test dependency) is not installed")
 

@@ -9,21 +9,21 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.records import AnnotationSource, ImagePlan, PlanBatch, Reason
-from transforms.assign_shards import AssignShards
-from transforms.join import JoinAnnotationsToImages, _JoinBucketFn
-from transforms.publish import PublishConfig, _PublishFn
-from transforms.rasterize import RasterizeMasks, _RasterizeFn
-from transforms.read_annotations import (
+from coco_beam.schemas.records import AnnotationSource, ImagePlan, PlanBatch, Reason
+from coco_beam.transforms.annotations.join import JoinAnnotationsToImages, _JoinBucketFn
+from coco_beam.transforms.annotations.read import (
     ReadCocoAnnotations,
     _ReadSectionFn,
     deal_tasks,
     plan_tasks,
     task_cost,
 )
-from transforms.runtime import unpack
-from transforms.sharding import shard_index
-from transforms.write_shards import ShardWriterConfig, _WriteShardFn
+from coco_beam.transforms.images.rasterize import RasterizeMasks, _RasterizeFn
+from coco_beam.transforms.runs.publish import PublishConfig, _PublishFn
+from coco_beam.transforms.runtime.packing import unpack
+from coco_beam.transforms.shards.assign import AssignShards
+from coco_beam.transforms.shards.sharding import shard_index
+from coco_beam.transforms.shards.write import ShardWriterConfig, _WriteShardFn
 
 OPTIONS = ["--runtime_type_check"]
 

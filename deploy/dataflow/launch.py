@@ -4,7 +4,7 @@ as ``--name=value`` arguments; they are ``coco-beam build``'s options and Beam's
 import logging
 import sys
 
-from pipelines import build
+from coco_beam.pipelines import build
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

@@ -21,20 +21,38 @@ from collections.abc import Iterable
 import apache_beam as beam
 import numpy as np
 
-from schemas.records import COUNTS, KINDS, REJECTED, ImagePlan, PlanBatch, Reason, Rejection
-from transforms.coco_json import safe_relative_path
-from transforms.progress import ProgressReporter
-from transforms.runtime import relax_gc, unpack
+from coco_beam.schemas.records import (
+    COUNTS,
+    REJECTED,
+    TAG_ANNOTATION,
+    TAG_CAPTION,
+    TAG_IMAGE,
+    TAG_PANOPTIC,
+    ImagePlan,
+    PlanBatch,
+    Reason,
+    Rejection,
+)
+from coco_beam.transforms.annotations.coco_json import safe_relative_path
+from coco_beam.transforms.runtime.packing import relax_gc, unpack
+from coco_beam.transforms.runtime.progress import ProgressReporter
 
 __all__ = ["JoinAnnotationsToImages", "join_image"]
 
 
 # Records are tagged with their kind, the kinds conservation is counted for.
-TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION, TAG_PANOPTIC = KINDS
 
 
-def _reject(kind, key, reason, message, source, split) -> Rejection:
-    return Rejection(kind, str(key), reason, "RecordError", message, source, split)
+def _reject(*, kind, key, reason, message, source, split) -> Rejection:
+    return Rejection(
+        kind=kind,
+        key=str(key),
+        reason=reason,
+        error_type="RecordError",
+        message=message,
+        source=source,
+        split=split,
+    )
 
 
 def _merge_instances(records: list, split: str, dup_ids: frozenset, rejections: list) -> list:
@@ -50,12 +68,12 @@ def _merge_instances(records: list, split: str, dup_ids: frozenset, rejections: 
             for _, source, _ in copies:
                 rejections.append(
                     _reject(
-                        TAG_ANNOTATION,
-                        ann_id,
-                        Reason.DUPLICATE_ANNOTATION_ID,
-                        "annotation id listed more than once",
-                        source,
-                        split,
+                        kind=TAG_ANNOTATION,
+                        key=ann_id,
+                        reason=Reason.DUPLICATE_ANNOTATION_ID,
+                        message="annotation id listed more than once",
+                        source=source,
+                        split=split,
                     )
                 )
             continue
@@ -64,12 +82,12 @@ def _merge_instances(records: list, split: str, dup_ids: frozenset, rejections: 
         if "segmentation" not in ann:  # keypoints read without geometry, and no instance
             rejections.append(
                 _reject(
-                    TAG_ANNOTATION,
-                    ann_id,
-                    Reason.SCHEMA_VIOLATION,
-                    "keypoints of an instance the instances file does not have",
-                    source,
-                    split,
+                    kind=TAG_ANNOTATION,
+                    key=ann_id,
+                    reason=Reason.SCHEMA_VIOLATION,
+                    message="keypoints of an instance the instances file does not have",
+                    source=source,
+                    split=split,
                 )
             )
             continue
@@ -115,11 +133,38 @@ def join_image(
 
     def reject_all(reason: str, message: str) -> None:
         for source, ann in merged:
-            rejections.append(_reject(TAG_ANNOTATION, ann["id"], reason, message, source, split))
+            rejections.append(
+                _reject(
+                    kind=TAG_ANNOTATION,
+                    key=ann["id"],
+                    reason=reason,
+                    message=message,
+                    source=source,
+                    split=split,
+                )
+            )
         for _, source, cap in captions:
-            rejections.append(_reject(TAG_CAPTION, cap["id"], reason, message, source, split))
+            rejections.append(
+                _reject(
+                    kind=TAG_CAPTION,
+                    key=cap["id"],
+                    reason=reason,
+                    message=message,
+                    source=source,
+                    split=split,
+                )
+            )
         for _, source, _ in panoptic:
-            rejections.append(_reject(TAG_PANOPTIC, image_id, reason, message, source, split))
+            rejections.append(
+                _reject(
+                    kind=TAG_PANOPTIC,
+                    key=image_id,
+                    reason=reason,
+                    message=message,
+                    source=source,
+                    split=split,
+                )
+            )
 
     if not images:
         reject_all(Reason.ORPHAN_ANNOTATION, f"image {image_id} is in no images list")
@@ -129,12 +174,12 @@ def join_image(
     if len(images) > 1:
         rejections.append(
             _reject(
-                TAG_IMAGE,
-                image_id,
-                Reason.DUPLICATE_IMAGE_ID,
-                "image id listed more than once",
-                source,
-                split,
+                kind=TAG_IMAGE,
+                key=image_id,
+                reason=Reason.DUPLICATE_IMAGE_ID,
+                message="image id listed more than once",
+                source=source,
+                split=split,
             )
         )
         reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
@@ -143,12 +188,12 @@ def join_image(
     if not safe_relative_path(first["file_name"]):
         rejections.append(
             _reject(
-                TAG_IMAGE,
-                image_id,
-                Reason.UNSAFE_PATH,
-                "file_name is not a plain relative path",
-                source,
-                split,
+                kind=TAG_IMAGE,
+                key=image_id,
+                reason=Reason.UNSAFE_PATH,
+                message="file_name is not a plain relative path",
+                source=source,
+                split=split,
             )
         )
         reject_all(Reason.IMAGE_REJECTED, f"image {image_id} was rejected")
@@ -160,12 +205,12 @@ def join_image(
         if category is None:
             rejections.append(
                 _reject(
-                    TAG_ANNOTATION,
-                    ann["id"],
-                    Reason.UNKNOWN_CATEGORY,
-                    f"category {ann['category_id']} is not defined",
-                    ann_source,
-                    split,
+                    kind=TAG_ANNOTATION,
+                    key=ann["id"],
+                    reason=Reason.UNKNOWN_CATEGORY,
+                    message=f"category {ann['category_id']} is not defined",
+                    source=ann_source,
+                    split=split,
                 )
             )
             continue
@@ -173,12 +218,14 @@ def join_image(
         if ann["keypoints"] is not None and names and len(ann["keypoints"]) != 3 * len(names):
             rejections.append(
                 _reject(
-                    TAG_ANNOTATION,
-                    ann["id"],
-                    Reason.INVALID_KEYPOINTS,
-                    f"{len(ann['keypoints'])} keypoint values for {len(names)} named joints",
-                    ann_source,
-                    split,
+                    kind=TAG_ANNOTATION,
+                    key=ann["id"],
+                    reason=Reason.INVALID_KEYPOINTS,
+                    message=(
+                        f"{len(ann['keypoints'])} keypoint values for {len(names)} named joints"
+                    ),
+                    source=ann_source,
+                    split=split,
                 )
             )
             continue
@@ -190,12 +237,12 @@ def join_image(
         if cap_ids[cap["id"]] > 1:
             rejections.append(
                 _reject(
-                    TAG_CAPTION,
-                    cap["id"],
-                    Reason.DUPLICATE_ANNOTATION_ID,
-                    "caption id listed more than once",
-                    cap_source,
-                    split,
+                    kind=TAG_CAPTION,
+                    key=cap["id"],
+                    reason=Reason.DUPLICATE_ANNOTATION_ID,
+                    message="caption id listed more than once",
+                    source=cap_source,
+                    split=split,
                 )
             )
             continue
@@ -205,12 +252,12 @@ def join_image(
         for _, pan_source, _ in panoptic:
             rejections.append(
                 _reject(
-                    TAG_PANOPTIC,
-                    image_id,
-                    Reason.DUPLICATE_PANOPTIC_ANNOTATION,
-                    "two panoptic records for one image",
-                    pan_source,
-                    split,
+                    kind=TAG_PANOPTIC,
+                    key=image_id,
+                    reason=Reason.DUPLICATE_PANOPTIC_ANNOTATION,
+                    message="two panoptic records for one image",
+                    source=pan_source,
+                    split=split,
                 )
             )
     elif panoptic:
@@ -219,12 +266,12 @@ def join_image(
         if unknown:
             rejections.append(
                 _reject(
-                    TAG_PANOPTIC,
-                    image_id,
-                    Reason.UNKNOWN_CATEGORY,
-                    f"segment categories {unknown[:5]} are not defined",
-                    pan_source,
-                    split,
+                    kind=TAG_PANOPTIC,
+                    key=image_id,
+                    reason=Reason.UNKNOWN_CATEGORY,
+                    message=f"segment categories {unknown[:5]} are not defined",
+                    source=pan_source,
+                    split=split,
                 )
             )
         else:

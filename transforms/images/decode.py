@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from schemas.records import Reason
-from transforms.coco_json import RecordError
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import Reason
 
 __all__ = [
     "ALLOWED_FORMATS",

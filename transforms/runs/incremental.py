@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import ImagePlan
-from schemas.state import STATE_SCHEMA, STATE_VERSION
-from transforms.images import is_not_found
+from coco_beam.schemas.records import ImagePlan
+from coco_beam.schemas.state import STATE_SCHEMA, STATE_VERSION
+from coco_beam.transforms.images.decode import is_not_found
 
 __all__ = [
     "PreviousRun",

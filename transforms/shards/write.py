@@ -3,7 +3,7 @@
 This is the one stage that touches image bytes, and it runs after the last shuffle: it takes a
 shard's ``ImagePlan``s (ids, paths, annotations and masks), reads each image's bytes through
 Beam's filesystems, decodes and checks them, and writes the same rows to every format asked
-for (Parquet: ``transforms.parquet_file``; TFRecord: ``transforms.tfrecord_file``), so both
+for (Parquet: ``transforms.shards.parquet``; TFRecord: ``transforms.shards.tfrecord``), so both
 formats hold the same images in the same shards in the same order. Reads and decodes run on a
 small thread pool, ahead of the writer and in order: Pillow decodes and hashlib hashes without
 the GIL, and on an object store the pool hides each read's latency.
@@ -32,11 +32,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas import parquet as contract
-from schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardFile, ShardResult
-from transforms.coco_json import RecordError
-from transforms.images import DEFAULT_MAX_PIXELS, ImageFacts, inspect_image, is_not_found
-from transforms.incremental import (
+from coco_beam.schemas import parquet as contract
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import REJECTED, ImagePlan, Reason, Rejection, ShardFile, ShardResult
+from coco_beam.transforms.images.decode import (
+    DEFAULT_MAX_PIXELS,
+    ImageFacts,
+    inspect_image,
+    is_not_found,
+)
+from coco_beam.transforms.images.panoptic import PanopticFacts, inspect_panoptic
+from coco_beam.transforms.runs.incremental import (
     PreviousRun,
     crc32c_hex,
     link_or_copy,
@@ -46,14 +52,13 @@ from transforms.incremental import (
     state_bytes,
     stored_crc32c,
 )
-from transforms.isolation import Isolated, NativeCrash
-from transforms.panoptic import PanopticFacts, inspect_panoptic
-from transforms.parquet_file import ParquetFile
-from transforms.progress import ProgressReporter
-from transforms.runtime import pack, relax_gc, unpack
-from transforms.sharding import shard_name
-from transforms.stats import add_image, add_pixel_sums
-from transforms.tfrecord_file import TFRecordFile
+from coco_beam.transforms.runtime.isolation import Isolated, NativeCrash
+from coco_beam.transforms.runtime.packing import pack, relax_gc, unpack
+from coco_beam.transforms.runtime.progress import ProgressReporter
+from coco_beam.transforms.shards.parquet import ParquetFile
+from coco_beam.transforms.shards.sharding import shard_name
+from coco_beam.transforms.shards.tfrecord import TFRecordFile
+from coco_beam.transforms.stats.gather import add_image, add_pixel_sums
 
 __all__ = [
     "DIGESTS",
@@ -71,7 +76,7 @@ FORMATS = ("parquet", "tfrecord")
 FLAG_EXTENSION_MISMATCH = "extension_mismatch"
 _EXTENSIONS = {"jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png"}
 
-# Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats``), and
+# Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats.gather``), and
 # ``(sha256 prefix, packed [(sha256, split, image_id), ...])`` to find identical images.
 STATS = "stats"
 DIGESTS = "digests"
@@ -104,7 +109,7 @@ class ShardWriterConfig:
     previous: PreviousRun | None = None
     # Decode in child processes, so a native crash rejects one image instead of the worker.
     isolate_decoders: bool = True
-    # What the run's publishing step will need (``transforms.publish.prepare``), imported in the
+    # What the run's publishing step will need (``runtime.warmup.prepare``), imported in the
     # background while shards are written rather than at the end, after the last one.
     prepare: tuple[str, ...] = ()
 
@@ -159,13 +164,13 @@ def load_image(
         if not is_not_found(exc):
             raise
         return Rejection(
-            "image",
-            str(plan.image_id),
-            Reason.IMAGE_MISSING,
-            type(exc).__name__,
-            f"no file {plan.file_name!r} under the images folder",
-            plan.source,
-            plan.split,
+            kind="image",
+            key=str(plan.image_id),
+            reason=Reason.IMAGE_MISSING,
+            error_type=type(exc).__name__,
+            message=f"no file {plan.file_name!r} under the images folder",
+            source=plan.source,
+            split=plan.split,
         )
     image_fp = crc32c_hex(data)
     if _facts_known(known, plan, image_fp, histogram):
@@ -194,14 +199,14 @@ def load_image(
         )
     except RecordError as exc:
         return Rejection(
-            "image",
-            str(plan.image_id),
-            exc.reason,
-            type(exc).__name__,
-            str(exc)[:200],
-            plan.source,
-            plan.split,
-            hashlib.sha256(data).hexdigest(),
+            kind="image",
+            key=str(plan.image_id),
+            reason=exc.reason,
+            error_type=type(exc).__name__,
+            message=str(exc)[:200],
+            source=plan.source,
+            split=plan.split,
+            payload_sha256=hashlib.sha256(data).hexdigest(),
         )
     pixels = facts.pixel_sums if histogram else None
     # The panoptic PNG is read only for an image that is written (a rejected image's panoptic
@@ -262,14 +267,14 @@ def _load_panoptic(
         reason, error = Reason.IMAGE_MISSING, type(exc).__name__
         message = f"no panoptic PNG {pan['file_name']!r}"
     rejection = Rejection(
-        "panoptic",
-        str(plan.image_id),
-        reason,
-        error,
-        message,
-        pan["source"],
-        plan.split,
-        hashlib.sha256(data).hexdigest() if data else "",
+        kind="panoptic",
+        key=str(plan.image_id),
+        reason=reason,
+        error_type=error,
+        message=message,
+        source=pan["source"],
+        split=plan.split,
+        payload_sha256=hashlib.sha256(data).hexdigest() if data else "",
     )
     return rejection, crc32c_hex(data) if data else None
 
@@ -341,7 +346,7 @@ class _WriteShardFn(beam.DoFn):
         if self._config.isolate_decoders:
             self._isolated = Isolated()
         if self._config.prepare:
-            from transforms.publish import prepare_in_background
+            from coco_beam.transforms.runtime.warmup import prepare_in_background
 
             prepare_in_background(self._config.prepare)
 
@@ -644,24 +649,24 @@ def _dependents(plan: ImagePlan) -> list[Rejection]:
     if plan.panoptic is not None:
         panoptic.append(
             Rejection(
-                "panoptic",
-                str(plan.image_id),
-                Reason.IMAGE_REJECTED,
-                "RecordError",
-                message,
-                plan.panoptic["source"],
-                plan.split,
+                kind="panoptic",
+                key=str(plan.image_id),
+                reason=Reason.IMAGE_REJECTED,
+                error_type="RecordError",
+                message=message,
+                source=plan.panoptic["source"],
+                split=plan.split,
             )
         )
     return panoptic + [
         Rejection(
-            kind,
-            str(rec["id"]),
-            Reason.IMAGE_REJECTED,
-            "RecordError",
-            message,
-            plan.source,
-            plan.split,
+            kind=kind,
+            key=str(rec["id"]),
+            reason=Reason.IMAGE_REJECTED,
+            error_type="RecordError",
+            message=message,
+            source=plan.source,
+            split=plan.split,
         )
         for kind, records in (("annotation", plan.annotations), ("caption", plan.captions))
         for rec in records

@@ -1,8 +1,9 @@
 """Running a native decoder where its crash cannot take the worker down.
 
 ``Isolated.call(fn, ...)`` runs ``fn`` in a child process: a plain ``python -m
-transforms.isolation`` that imports nothing of the worker's own main module (Beam's), reads
-``(fn, args, kwargs)`` pickles on its stdin and answers with pickles on its stdout. Children are
+coco_beam.transforms.runtime.isolation`` that imports nothing of the worker's own main module
+(Beam's), reads ``(fn, args, kwargs)`` pickles on its stdin and answers with pickles on its
+stdout. Children are
 kept and reused, one call at a time each. If a child dies during a call (a segmentation fault in
 C code, an abort), the call is run again alone in a fresh child, so the input that kills a child
 is told from a crash of something else: it raises ``NativeCrash``. Exceptions raised by ``fn``
@@ -35,7 +36,7 @@ class _Child:
     def __init__(self):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "transforms.isolation"],
+            [sys.executable, "-m", "coco_beam.transforms.runtime.isolation"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

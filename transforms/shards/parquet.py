@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas import parquet as contract
-from schemas.records import ImagePlan, ShardFile
-from transforms.images import ImageFacts
-from transforms.panoptic import PanopticFacts
-from transforms.png import grey_png
+from coco_beam.schemas import parquet as contract
+from coco_beam.schemas.records import ImagePlan, ShardFile
+from coco_beam.transforms.images.decode import ImageFacts
+from coco_beam.transforms.images.panoptic import PanopticFacts
+from coco_beam.transforms.images.png import grey_png
 
 __all__ = ["ParquetFile", "build_row"]
 

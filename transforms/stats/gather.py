@@ -27,8 +27,8 @@ from collections.abc import Iterable
 import apache_beam as beam
 from pycocotools import mask as mask_utils
 
-from transforms.images import pixel_sums
-from transforms.runtime import unpack
+from coco_beam.transforms.images.decode import pixel_sums
+from coco_beam.transforms.runtime.packing import unpack
 
 __all__ = [
     "GatherStatistics",
@@ -109,7 +109,7 @@ def add_image(
 ) -> collections.Counter:
     """Adds one written image (its row's annotations carry ``rle``) to ``acc``; returns it.
     Its pixels are added with ``add_pixel_sums`` (or ``add_pixels``, from counts).
-    ``panoptic``: its checked panoptic record (``transforms.panoptic.PanopticFacts``), if it has
+    ``panoptic``: its checked panoptic record (``images.panoptic.PanopticFacts``), if it has
     one. ``flags``: the image's warnings (its annotations carry their own), counted by name.
 
     Keys counted once are gathered in a list and counted by ``Counter.update`` (a C loop): an
@@ -174,7 +174,7 @@ def add_pixel_sums(
 
 def add_pixels(acc: collections.Counter, histogram: Iterable[int]) -> collections.Counter:
     """Adds 768 per-channel pixel counts (R, G, B; 256 values each), e.g. the sum of many
-    images' pixel histograms (``transforms.images.rgb_histogram``)."""
+    images' pixel histograms (``transforms.images.decode.rgb_histogram``)."""
     return add_pixel_sums(acc, *pixel_sums(histogram))
 
 

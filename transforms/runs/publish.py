@@ -7,7 +7,7 @@ Layout of an output folder::
     OUT/runs/<run_id>/state/<split>-SSSSS-of-NNNNN.parquet  what a rebuild compares with
     OUT/runs/<run_id>/categories.parquet
     OUT/runs/<run_id>/rejected/rejected.jsonl
-    OUT/runs/<run_id>/stats/stats.json   dataset statistics (see ``transforms.stats``)
+    OUT/runs/<run_id>/stats/stats.json   dataset statistics (see ``transforms.stats.gather``)
     OUT/runs/<run_id>/stats/<table>.parquet  the same figures as tables (``schemas.stats``)
     OUT/runs/<run_id>/stats/report.html  the same figures as a page to read (offline)
     OUT/runs/<run_id>/compare.json      statistics against the previous run's, if there is one
@@ -17,7 +17,7 @@ Guarantees: nothing is renamed or published unless every shard of every split is
 conservation holds for every record kind (read == written + rejected); past
 ``max_rejected_fraction`` the run fails naming the commonest reasons. The rejected records are
 written to the run folder before a failure, so they can be read, but the run is not published.
-With a lake table (``transforms.lake``): the run ``LATEST`` still names is registered first if
+With a lake table (``transforms.runs.lake``): the run ``LATEST`` still names is registered first if
 the table lacks it, then ``LATEST`` moves, then this run is registered.
 """
 
@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import platform
-import threading
 import time
 
 import apache_beam as beam
@@ -39,53 +38,19 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.parquet import CATEGORIES_SCHEMA
-from schemas.records import KINDS
-from schemas.state import STATE_VERSION
-from transforms.compare import compare_stats
-from transforms.incremental import read_fingerprints, summarize_changes
-from transforms.sharding import shard_name
-from transforms.stats import stats_document
-from transforms.stats_tables import stats_tables, table_bytes
+from coco_beam.schemas.parquet import CATEGORIES_SCHEMA
+from coco_beam.schemas.records import KINDS
+from coco_beam.schemas.state import STATE_VERSION
+from coco_beam.transforms.runs.incremental import read_fingerprints, summarize_changes
+from coco_beam.transforms.shards.sharding import shard_name
+from coco_beam.transforms.stats.compare import compare_stats
+from coco_beam.transforms.stats.gather import stats_document
+from coco_beam.transforms.stats.tables import stats_tables, table_bytes
 
 __all__ = ["PublishConfig", "PublishRun", "RunFailed", "library_versions", "write_statistics"]
 
 _LOGGER = logging.getLogger(__name__)
 MANIFEST_FORMAT = "coco-beam/1"
-
-
-_PREPARED: set = set()
-_PREPARING = threading.Lock()
-
-
-def prepare(needs: tuple[str, ...]) -> None:
-    """Imports what publishing needs (``"report"``: Plotly and the report's figure template;
-    ``"lake"``: pyiceberg's catalog and Parquet readers), once per process. Publishing works
-    without it; it only moves about a second of imports off the end of a run."""
-    with _PREPARING:
-        needs = tuple(n for n in needs if n not in _PREPARED)
-        _PREPARED.update(needs)
-    if "report" in needs:
-        from transforms.report import warm_up
-
-        warm_up()
-    if "lake" in needs:
-        from transforms.lake import warm_up as warm_lake
-
-        warm_lake()
-
-
-def prepare_in_background(needs: tuple[str, ...]) -> None:
-    """``prepare`` on a daemon thread (the writer calls it as it starts: the images it decodes
-    leave the interpreter free most of the time)."""
-
-    def run():
-        try:
-            prepare(needs)
-        except Exception:  # noqa: BLE001 - publishing imports again and reports any error
-            _LOGGER.debug("preparing %s failed", needs, exc_info=True)
-
-    threading.Thread(target=run, name="prepare-publish", daemon=True).start()
 
 
 class RunFailed(RuntimeError):
@@ -102,11 +67,11 @@ class PublishConfig:
     sources: list
     started: float
     statistics: bool = True  # write stats/ (off: the manifest's "stats" is null)
-    # The output's last complete run (``transforms.incremental.PreviousRun``), if it has a
+    # The output's last complete run (``transforms.runs.incremental.PreviousRun``), if it has a
     # state: what changed since is written in the manifest, the statistics compared beside it.
     previous: object | None = None
     incremental: bool = False  # shards of ``previous`` may be reused (not ``--full``)
-    # The lake table to register the run's shards in (``transforms.lake.LakeConfig``), if any.
+    # The lake table to register the run's shards in (``transforms.runs.lake.LakeConfig``), if any.
     lake: object | None = None
 
     def __post_init__(self):
@@ -171,7 +136,7 @@ def _categories_table(categories: dict) -> bytes:
 def write_statistics(folder: str, doc: dict, *, title: str) -> dict:
     """Writes ``stats.json``, its tables (``<table>.parquet``) and ``report.html`` into
     ``folder``; returns their manifest entry (paths relative to the run, sizes, SHA-256)."""
-    from transforms.report import render_report
+    from coco_beam.transforms.stats.report import render_report
 
     files = {"stats.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()}
     for name, table in stats_tables(doc).items():
@@ -361,7 +326,7 @@ class _PublishFn(beam.DoFn):
         if cfg.lake is not None:
             # A previous run killed between moving LATEST and its lake commit is registered
             # first, so the table's history holds every published run, in order.
-            from transforms.lake import catch_up, register_run
+            from coco_beam.transforms.runs.lake import catch_up, register_run
 
             try:
                 caught_up = catch_up(cfg.lake, cfg.output)

@@ -108,7 +108,7 @@ def catch_up(config: LakeConfig, output: str) -> dict:
     """Registers the run ``OUT/LATEST`` names wherever the table's current snapshot is not yet
     that run's (a run killed between moving ``LATEST`` and its commit); returns ``{table:
     snapshot_id}`` of the tables it committed to, ``{}`` when there was nothing to do."""
-    from transforms.incremental import latest_run, read_manifest
+    from coco_beam.transforms.runs.incremental import latest_run, read_manifest
 
     latest = latest_run(output)
     if latest is None:

@@ -14,9 +14,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from pycocotools import mask as mask_utils
 
-from schemas.records import REJECTED, ImagePlan, PlanBatch, Rejection
-from transforms.coco_json import RecordError
-from transforms.masks import to_rle
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import REJECTED, ImagePlan, PlanBatch, Rejection
+from coco_beam.transforms.images.masks import to_rle
 
 __all__ = [
     "FLAG_AREA_FROM_MASK",
@@ -73,14 +73,14 @@ def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
             digest = hashlib.sha256(json.dumps(_unpacked(seg), default=str).encode()).hexdigest()
             rejections.append(
                 Rejection(
-                    "annotation",
-                    str(ann["id"]),
-                    exc.reason,
-                    type(exc).__name__,
-                    str(exc)[:200],
-                    plan.source,
-                    plan.split,
-                    digest,
+                    kind="annotation",
+                    key=str(ann["id"]),
+                    reason=exc.reason,
+                    error_type=type(exc).__name__,
+                    message=str(exc)[:200],
+                    source=plan.source,
+                    split=plan.split,
+                    payload_sha256=digest,
                 )
             )
             continue

@@ -13,8 +13,9 @@ from array import array
 
 from pycocotools import mask as mask_utils
 
-from schemas.records import Reason
-from transforms.coco_json import RecordError, finite_numbers
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import Reason
+from coco_beam.transforms.annotations.coco_json import finite_numbers
 
 __all__ = ["FLAG_RING_DROPPED", "decode_rle_counts", "pack_polygons", "to_rle"]
 

@@ -17,13 +17,21 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import COUNTS, REJECTED, AnnotationSource, Rejection
-from transforms import coco_json
-from transforms.coco_json import RecordError
-from transforms.join import TAG_ANNOTATION, TAG_CAPTION, TAG_IMAGE, TAG_PANOPTIC
-from transforms.masks import pack_polygons
-from transforms.runtime import pack, relax_gc
-from transforms.sharding import join_bucket
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import (
+    COUNTS,
+    REJECTED,
+    TAG_ANNOTATION,
+    TAG_CAPTION,
+    TAG_IMAGE,
+    TAG_PANOPTIC,
+    AnnotationSource,
+    Rejection,
+)
+from coco_beam.transforms.annotations import coco_json
+from coco_beam.transforms.images.masks import pack_polygons
+from coco_beam.transforms.runtime.packing import pack, relax_gc
+from coco_beam.transforms.shards.sharding import join_bucket
 
 __all__ = ["ReadCocoAnnotations", "sections_of"]
 
@@ -157,14 +165,14 @@ class _ReadSectionFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(
                         REJECTED,
                         Rejection(
-                            kind,
-                            _record_key(record),
-                            exc.reason,
-                            type(exc).__name__,
-                            str(exc)[:200],
-                            source.path,
-                            source.split,
-                            _sha256_of(record),
+                            kind=kind,
+                            key=_record_key(record),
+                            reason=exc.reason,
+                            error_type=type(exc).__name__,
+                            message=str(exc)[:200],
+                            source=source.path,
+                            split=source.split,
+                            payload_sha256=_sha256_of(record),
                         ),
                     )
                     if kind in (TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION, TAG_PANOPTIC):
@@ -261,7 +269,7 @@ class ReadCocoAnnotations(beam.PTransform):
     runner's worker count, to deal the sections evenly; see ``deal_tasks``). Returns a dict of
     PCollections:
     ``records`` (``((split, bucket), packed [(image_id, (tag, family, source, record)), ...])``,
-    see ``transforms.sharding.join_bucket`` and ``transforms.runtime.pack``; bucket 0 of every
+    see ``shards.sharding.join_bucket`` and ``runtime.packing.pack``; bucket 0 of every
     split is present, maybe empty),
     ``categories``
     (``(split, {id: category})``), ``rejected`` (records failing their schema check, with a

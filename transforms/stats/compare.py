@@ -7,7 +7,7 @@ identical builds compare as ``{"changed": false, ...}`` with empty lists.
 
 from __future__ import annotations
 
-from transforms.stats import HEADLINE_COUNTS
+from coco_beam.transforms.stats.gather import HEADLINE_COUNTS
 
 __all__ = ["compare_stats", "format_comparison"]
 

@@ -27,12 +27,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from schemas.records import ImagePlan, ShardFile
-from schemas.tf_example import Example
-from transforms.images import ImageFacts
-from transforms.masks import decode_rle_counts
-from transforms.panoptic import PanopticFacts
-from transforms.png import grey_png, png_from_rows
+from coco_beam.schemas.records import ImagePlan, ShardFile
+from coco_beam.schemas.tf_example import Example
+from coco_beam.transforms.images.decode import ImageFacts
+from coco_beam.transforms.images.masks import decode_rle_counts
+from coco_beam.transforms.images.panoptic import PanopticFacts
+from coco_beam.transforms.images.png import grey_png, png_from_rows
 
 __all__ = ["TFRecordFile", "build_example", "mask_png", "mask_rows"]
 

@@ -12,8 +12,8 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.stats import STATS_TABLES
-from transforms.stats import HEADLINE_COUNTS
+from coco_beam.schemas.stats import STATS_TABLES
+from coco_beam.transforms.stats.gather import HEADLINE_COUNTS
 
 __all__ = ["stats_tables", "table_bytes"]
 

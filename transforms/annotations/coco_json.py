@@ -22,14 +22,14 @@ from typing import IO
 import ijson
 import numpy as np
 
-from schemas.records import Reason
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import Reason
 
 __all__ = [
     "MAX_DEPTH",
     "SECTIONS",
     "Flagged",
     "NestingError",
-    "RecordError",
     "check_annotation",
     "check_caption",
     "check_category",
@@ -40,17 +40,6 @@ __all__ = [
 ]
 
 SECTIONS = ("images", "annotations", "categories")
-
-
-class RecordError(ValueError):
-    """A permanent fault of one record; ``reason`` is a ``schemas.records.Reason`` code."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __reduce__(self):  # crosses process boundaries (``transforms.isolation``) intact
-        return type(self), (self.reason, str(self))
 
 
 def _until_end_of(events, section: str):

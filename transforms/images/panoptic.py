@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from schemas.records import Reason
-from transforms.coco_json import RecordError
+from coco_beam.schemas.errors import RecordError
+from coco_beam.schemas.records import Reason
 
 __all__ = ["FLAG_AREA_MISMATCH", "PanopticFacts", "inspect_panoptic"]
 

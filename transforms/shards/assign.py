@@ -12,8 +12,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.runtime import pack
-from transforms.sharding import num_shards_for, shard_index
+from coco_beam.transforms.runtime.packing import pack
+from coco_beam.transforms.shards.sharding import num_shards_for, shard_index
 
 __all__ = ["AssignShards", "list_folder"]
 

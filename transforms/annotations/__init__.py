@@ -1,0 +1,2 @@
+"""Reading and joining: the annotation files streamed and checked record by record, then
+joined per image (``ReadCocoAnnotations``, ``JoinAnnotationsToImages``)."""

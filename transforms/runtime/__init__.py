@@ -1,0 +1,2 @@
+"""Runtime helpers: compact element packing, progress reporting, and isolated decoder
+processes."""
