@@ -3,10 +3,12 @@
 The loop reads every annotation file with ``json.load``, then for every image reads its bytes,
 hashes and decodes them, turns every instance into compressed RLE the way ``annToRLE`` does,
 and writes the same Parquet schema with the same compression, one file per split. Both are
-timed as separate processes, with the peak resident memory of the whole process tree sampled
-from /proc (the build's child processes included).
+timed as separate processes by ``measure.py``: wall time, the peak resident memory of the whole
+process tree, the mean cores busy and the share of the run with fewer than 1.5 cores busy. With
+``--one-core`` the build is also run pinned to one core (``taskset -c 0``): the scaling from one
+core to two, measured, and what Amdahl's law predicts from it for 8 and 16 cores.
 
-Usage: python benchmarks/bench_build.py [--sizes 1000 5000 20000] [--tiny-copies 20]
+Usage: python benchmarks/bench_build.py [--sizes 1000 5000 20000] [--tiny-copies 20] [--one-core]
 Data is generated once under bench-data/ and reused.
 """
 
@@ -21,64 +23,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
+
+from measure import amdahl, measure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "bench-data")
 COCO_TINY = os.path.join(os.path.dirname(REPO), "shared", "data", "coco-tiny")
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(k) for k in f.read().split())
-    except OSError:
-        pass
-    return kids
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants. Reads only the tree's own /proc
-    entries, so sampling costs next to nothing next to the two-core process it measures."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        total += _rss(p)
-        stack.extend(_children(p))
-    return total
-
-
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """Runs ``cmd``; returns (wall seconds, peak tree RSS in bytes)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, done = 0, threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.wait(0.25):
-            peak = max(peak, _tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    done.set()
-    sampler.join()
-    seconds = time.perf_counter() - started
-    if proc.returncode:
-        raise RuntimeError(f"{cmd} failed:\n{err[-3000:]}")
-    return seconds, peak
 
 
 def baseline_loop(root: str, out: str) -> None:
@@ -236,6 +186,11 @@ def main() -> None:
         help="skip the build without statistics (measured by default for their cost)",
     )
     parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help="also run the build pinned to one core (taskset -c 0)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=2,
@@ -286,7 +241,7 @@ def main() -> None:
             out,
             *args.build_args,
         ]
-        loop_runs, build_runs, bare_runs = [], [], []
+        loop_runs, build_runs, bare_runs, one_core_runs = [], [], [], []
         for _ in range(args.repeat):
             shutil.rmtree(out, ignore_errors=True)
             loop_runs.append(measure([sys.executable, __file__, "--loop-run", root, out]))
@@ -296,9 +251,15 @@ def main() -> None:
             if not args.no_bare:
                 bare_runs.append(measure([*build_cmd, "--no-statistics"]))
                 shutil.rmtree(out, ignore_errors=True)
-        loop_s, loop_mem = min(s for s, _ in loop_runs), max(m for _, m in loop_runs)
-        build_s, build_mem = min(s for s, _ in build_runs), max(m for _, m in build_runs)
-        bare_s = min(s for s, _ in bare_runs) if bare_runs else None
+            if args.one_core:
+                one_core_runs.append(measure(["taskset", "-c", "0", *build_cmd]))
+                shutil.rmtree(out, ignore_errors=True)
+        loop_s = min(m.seconds for m in loop_runs)
+        loop_mem = max(m.peak_bytes for m in loop_runs)
+        best = min(build_runs, key=lambda m: m.seconds)
+        build_s, build_mem = best.seconds, max(m.peak_bytes for m in build_runs)
+        bare_s = min(m.seconds for m in bare_runs) if bare_runs else None
+        one_s = min(m.seconds for m in one_core_runs) if one_core_runs else None
         row = {
             "dataset": name,
             "images": n,
@@ -314,6 +275,15 @@ def main() -> None:
             # The same build without statistics: what the statistics cost.
             "build_no_stats_s": round(bare_s, 1) if bare_s else None,
             "stats_overhead_pct": round(100 * (build_s / bare_s - 1), 1) if bare_s else None,
+            # Where the fastest build's time went: cores busy on average, the share of the run
+            # under 1.5 cores busy, and cores busy second by second.
+            "build_mean_cores": round(best.mean_cores, 2),
+            "build_serial_share": round(best.serial_share, 2),
+            "build_timeline": best.timeline(),
+            "one_core_s": round(one_s, 1) if one_s else None,
+            "two_vs_one_core": round(one_s / build_s, 2) if one_s else None,
+            "predicted_8_cores": round(amdahl(one_s, build_s, 8), 1) if one_s else None,
+            "predicted_16_cores": round(amdahl(one_s, build_s, 16), 1) if one_s else None,
         }
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -321,16 +291,27 @@ def main() -> None:
         json.dump(results, f, indent=2)
     print(
         "\n| data | images | loop img/s | build img/s | per core | speedup | loop peak MB |"
-        " build peak MB | build s | without statistics s | statistics cost |"
-        "\n|---|---|---|---|---|---|---|---|---|---|---|"
+        " build peak MB | build s | without statistics s | statistics cost | cores busy |"
+        " under 1.5 cores |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         print(
             f"| {r['dataset']} | {r['images']:,} | {r['loop_img_s']} | {r['build_img_s']} | "
             f"{r['build_img_s_per_core']} | {r['speedup']}x | {r['loop_peak_mb']} | "
             f"{r['build_peak_mb']} | {r['build_s']} | {r['build_no_stats_s']} | "
-            f"{r['stats_overhead_pct']}% |"
+            f"{r['stats_overhead_pct']}% | {r['build_mean_cores']} | "
+            f"{round(100 * r['build_serial_share'])}% |"
         )
+    if args.one_core:
+        print("\n| data | one core s | two cores s | two vs one | predicted 8 | predicted 16 |")
+        print("|---|---|---|---|---|---|")
+        for r in results:
+            print(
+                f"| {r['dataset']} | {r['one_core_s']} | {r['build_s']} | "
+                f"{r['two_vs_one_core']}x | {r['predicted_8_cores']}x | "
+                f"{r['predicted_16_cores']}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import shutil
 import subprocess
 import sys
 
-from bench_build import DATA, REPO, measure
+from bench_build import DATA, REPO
+from measure import measure
 
 
 def _manifest(out: str) -> dict:
@@ -128,12 +129,14 @@ def main() -> None:
             shutil.rmtree(path, ignore_errors=True)
         subprocess.run(["cp", "-al", base, root], check=True)
         build = [sys.executable, "-m", "coco_beam.pipelines.cli", "build", "--coco-root", root]
-        first_s, _ = measure([*build, "--output", out])
-        unchanged_s, _ = measure([*build, "--output", out])
+        first_s = measure([*build, "--output", out]).seconds
+        unchanged_s = measure([*build, "--output", out]).seconds
         assert _manifest(out)["changes"]["shards_rewritten"] == 0
         changed = change(root, args.fraction)
-        rebuild_s, rebuild_mem = measure([*build, "--output", out])
-        full_s, full_mem = measure([*build, "--output", full_out, "--full"])
+        rebuild = measure([*build, "--output", out])
+        full_run = measure([*build, "--output", full_out, "--full"])
+        rebuild_s, rebuild_mem = rebuild.seconds, rebuild.peak_bytes
+        full_s, full_mem = full_run.seconds, full_run.peak_bytes
         rebuilt, full = _manifest(out), _manifest(full_out)
         identical = [(s["path"], s["sha256"]) for s in rebuilt["shards"]] == [
             (s["path"], s["sha256"]) for s in full["shards"]
@@ -149,6 +152,8 @@ def main() -> None:
             "full_s": round(full_s, 1),
             "full_peak_mb": round(full_mem / 2**20),
             "rebuild_pct_of_full": round(100 * rebuild_s / full_s, 1),
+            "rebuild_mean_cores": round(rebuild.mean_cores, 2),
+            "rebuild_serial_share": round(rebuild.serial_share, 2),
             "shards_reused": c["shards_reused"],
             "shards_rewritten": c["shards_rewritten"],
             "identical_to_full": identical,
@@ -162,15 +167,16 @@ def main() -> None:
     print(
         "\n| images | changed | full build s | unchanged rebuild s | rebuild s | rebuild / full |"
         " shards reused |"
-        " shards rewritten | peak MB rebuild / full | identical |"
-        "\n|---|---|---|---|---|---|---|---|---|---|"
+        " shards rewritten | peak MB rebuild / full | cores busy | under 1.5 cores | identical |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         print(
             f"| {r['images']:,} | {sum(r['changed'].values())} | {r['full_s']} |"
             f" {r['unchanged_rebuild_s']} | {r['rebuild_s']} |"
             f" {r['rebuild_pct_of_full']}% | {r['shards_reused']} | {r['shards_rewritten']} |"
-            f" {r['rebuild_peak_mb']:,} / {r['full_peak_mb']:,} | {r['identical_to_full']} |"
+            f" {r['rebuild_peak_mb']:,} / {r['full_peak_mb']:,} | {r['rebuild_mean_cores']} |"
+            f" {round(100 * r['rebuild_serial_share'])}% | {r['identical_to_full']} |"
         )
 
 

@@ -23,7 +23,8 @@ import shutil
 import subprocess
 import sys
 
-from bench_build import COCO_TINY, DATA, REPO, measure
+from bench_build import COCO_TINY, DATA, REPO
+from measure import measure
 
 MODEL_GARDEN_VENV = os.path.join(DATA, "venv-model-garden")
 MODEL_GARDEN_PACKAGE = "tf-models-official==2.20.0"
@@ -122,20 +123,24 @@ def main() -> None:
                 os.makedirs(out)
                 times[name].append(measure(cmd))
         shutil.rmtree(out, ignore_errors=True)
-        garden_s = min(s for s, _ in times["garden"])
-        build_s = min(s for s, _ in times["build"])
+        garden_s = min(m.seconds for m in times["garden"])
+        best = min(times["build"], key=lambda m: m.seconds)
+        build_s = best.seconds
         row = {
             "images": n,
             "masks": masks,
             "garden_s": round(garden_s, 1),
             "garden_img_s": round(n / garden_s, 1),
-            "garden_peak_mb": round(max(m for _, m in times["garden"]) / 2**20),
+            "garden_peak_mb": round(max(m.peak_bytes for m in times["garden"]) / 2**20),
             "build_s": round(build_s, 1),
             "build_img_s": round(n / build_s, 1),
-            "build_peak_mb": round(max(m for _, m in times["build"]) / 2**20),
+            "build_peak_mb": round(max(m.peak_bytes for m in times["build"]) / 2**20),
             "speedup": round(garden_s / build_s, 2),
-            "same_work_s": round(min(s for s, _ in times["same_work"]), 1),
-            "same_work_peak_mb": round(max(m for _, m in times["same_work"]) / 2**20),
+            "build_mean_cores": round(best.mean_cores, 2),
+            "build_serial_share": round(best.serial_share, 2),
+            "build_timeline": best.timeline(),
+            "same_work_s": round(min(m.seconds for m in times["same_work"]), 1),
+            "same_work_peak_mb": round(max(m.peak_bytes for m in times["same_work"]) / 2**20),
         }
         row["same_work_speedup"] = round(garden_s / row["same_work_s"], 2)
         rows.append(row)
@@ -144,14 +149,17 @@ def main() -> None:
         json.dump(rows, f, indent=2)
     print(
         "\n| masks | images | Model Garden s | img/s | peak MB | coco-beam s | img/s | peak MB |"
-        " speedup | same work s | peak MB | speedup |\n" + "|---" * 12 + "|"
+        " speedup | cores busy | under 1.5 cores | same work s | peak MB | speedup |\n"
+        + "|---" * 14
+        + "|"
     )
     for r in rows:
         print(
             f"| {'on' if r['masks'] else 'off'} | {r['images']:,} | {r['garden_s']} | "
             f"{r['garden_img_s']} | {r['garden_peak_mb']:,} | {r['build_s']} | "
             f"{r['build_img_s']} | "
-            f"{r['build_peak_mb']:,} | {r['speedup']}x | {r['same_work_s']} | "
+            f"{r['build_peak_mb']:,} | {r['speedup']}x | {r['build_mean_cores']} | "
+            f"{round(100 * r['build_serial_share'])}% | {r['same_work_s']} | "
             f"{r['same_work_peak_mb']:,} | {r['same_work_speedup']}x |"
         )
 
