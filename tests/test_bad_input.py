@@ -210,3 +210,80 @@ def test_a_record_lost_inside_the_pipeline_fails_the_run_before_publishing(
         run([f"--coco-root={synth_root}", f"--output={out}", "--num-shards=1", *IN_MEMORY])
     assert lost
     assert not (out / "LATEST").exists()
+
+
+def _edit(messy, change) -> None:
+    path = messy / "annotations" / "instances_val.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "section, value, found",
+    [
+        pytest.param("images", None, "got null", id="images-null"),
+        pytest.param("annotations", {"id": 1}, "got an object", id="annotations-object"),
+        pytest.param("categories", "person", "got a string", id="categories-string"),
+        pytest.param("images", 0, "got a number", id="images-number"),
+    ],
+)
+def test_a_section_that_is_not_a_list_fails_its_file_and_publishes_nothing(
+    messy, tmp_path, section, value, found
+):
+    """A broken export's ``"images": null`` once published an empty dataset."""
+    _edit(messy, lambda doc: doc.update({section: value}))
+    out = tmp_path / "out"
+    pattern = rf"instances_val.json: .*section '{section}'.*'{section}' must be a list.*{found}"
+    with pytest.raises(Exception, match=pattern):
+        run([f"--coco-root={messy}", f"--output={out}", "--max-rejected-fraction=0.5", *IN_MEMORY])
+    assert not (out / "LATEST").exists()
+
+
+def test_a_document_that_is_not_an_object_fails_its_file(messy, tmp_path):
+    path = messy / "annotations" / "instances_val.json"
+    path.write_text(json.dumps(json.loads(path.read_text())["annotations"]))
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match=r"instances_val.json: .*the document is a list"):
+        run([f"--coco-root={messy}", f"--output={out}", *IN_MEMORY])
+    assert not (out / "LATEST").exists()
+
+
+def test_a_record_that_is_not_an_object_is_a_schema_violation(messy, tmp_path):
+    """Per docs/bad-inputs: a wrongly typed record is rejected at the parse boundary, alone."""
+
+    def add_bad_records(doc):
+        doc["images"] += [7, "an image"]
+        doc["annotations"] += [None, [1, 2]]
+
+    _edit(messy, add_bad_records)
+    run_dir, manifest = run_build(
+        f"--coco-root={messy}", f"--output={tmp_path / 'out'}", "--max-rejected-fraction=0.5"
+    )
+    with open(os.path.join(run_dir, "rejected", "rejected.jsonl")) as f:
+        rejected = [json.loads(line) for line in f]
+    not_objects = sorted((r["kind"], r["reason"], r["message"]) for r in rejected if r["key"] == "")
+    not_an_object = "record is not a JSON object"
+    assert (
+        not_objects
+        == [("annotation", "schema_violation", not_an_object)] * 2
+        + [("image", "schema_violation", not_an_object)] * 2
+    )
+    assert manifest["counts"]["image"] == {"read": 43, "written": 37, "rejected": 6}
+    assert manifest["counts"]["annotation"] == {"read": 46, "written": 37, "rejected": 9}
+
+
+def test_a_byte_order_mark_is_read_and_flagged_in_the_manifest(messy, tmp_path):
+    _, plain = run_build(
+        f"--coco-root={messy}", f"--output={tmp_path / 'plain'}", "--max-rejected-fraction=0.5"
+    )
+    path = messy / "annotations" / "instances_val.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _, manifest = run_build(
+        f"--coco-root={messy}", f"--output={tmp_path / 'bom'}", "--max-rejected-fraction=0.5"
+    )
+    [source] = manifest["sources"]
+    assert source["flags"] == ["utf8_bom"]
+    assert "flags" not in plain["sources"][0]
+    assert manifest["counts"] == plain["counts"]
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in plain["shards"]]

@@ -1,4 +1,4 @@
-"""Unit tests of streaming and record checks."""
+"""Unit tests of streaming COCO JSON sections (``json_stream``, ``sanitize``) and record checks."""
 
 import io
 import json
@@ -9,17 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coco_beam.schemas.errors import RecordError
 from coco_beam.schemas.records import Reason, parse_annotation_file_name
-from coco_beam.transforms.annotations.coco_json import (
-    MAX_DEPTH,
+from coco_beam.transforms.annotations.checks import check_annotation, check_caption, check_image
+from coco_beam.transforms.annotations.json_stream import (
+    UTF8_BOM,
     Flagged,
-    NestingError,
-    RecordError,
-    check_annotation,
-    check_caption,
-    check_image,
+    SectionError,
     iter_section,
+    starts_with_bom,
 )
+from coco_beam.transforms.annotations.sanitize import MAX_DEPTH, DepthGuard, NestingError, Suspect
 
 
 def test_iter_section_equals_json_load():
@@ -240,3 +240,61 @@ def test_any_keypoint_array_is_kept_as_given_or_rejected(keypoints, num):
     assert len(keypoints) % 3 == 0 and set(keypoints[2::3]) <= {0, 1, 2}
     visible = sum(1 for v in keypoints[2::3] if v > 0)
     assert out["num_keypoints"] == (visible if num is None else num)
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_a_byte_order_mark_is_skipped_on_both_passes(trickle):
+    """Read as it is, and again by the slower pass a ``NaN`` sends it to."""
+    doc = b'{"images": [{"id": 1}, {"id": 2, "w": NaN}], "categories": [{"id": 3}]}'
+    images = _section(UTF8_BOM + doc, "images", trickle)
+    assert images[0] == {"id": 1} and images[1].reason == Reason.NON_FINITE_VALUE
+    assert _section(UTF8_BOM + doc, "categories", trickle) == [{"id": 3}]
+    assert starts_with_bom(io.BytesIO(UTF8_BOM + doc)) and not starts_with_bom(io.BytesIO(doc))
+    assert not starts_with_bom(io.BytesIO(b"{}"))
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        pytest.param(
+            b'{"images": null}', "'images' must be a list of records, got null", id="null"
+        ),
+        pytest.param(b'{"images": {"id": 1}}', "got an object", id="object"),
+        pytest.param(b'{"x": [], "images": "a"}', "got a string", id="string"),
+        pytest.param(b'{"images": NaN}', "got a string", id="non-finite"),
+        pytest.param(b'[{"id": 1}]', "the document is a list, not an object", id="a-list"),
+    ],
+)
+def test_a_section_of_the_wrong_type_raises(doc, message):
+    with pytest.raises(SectionError, match=message):
+        _section(doc, "images")
+
+
+def test_a_missing_or_empty_section_holds_no_records():
+    assert _section(b'{"images": []}', "images") == []
+    assert _section(b'{"annotations": [{"id": 1}]}', "images") == []
+    assert _section(b'{"images": [], "annotations": null}', "images") == []
+
+
+@pytest.mark.parametrize("size", range(1, 16))
+def test_surrogate_escapes_cut_at_any_chunk_edge(size):
+    """A lone surrogate is found wherever a chunk ends, and a pair never sends the document to
+    the slower pass."""
+
+    class Chunks(io.BytesIO):
+        def read(self, n=-1):
+            return super().read(min(n, size) if n and n > 0 else n)
+
+    def read_all(blob: bytes) -> None:
+        guard = DepthGuard(Chunks(blob))
+        while guard.read(64):
+            pass
+
+    for pad in range(size):
+        read_all(b'{"a": "' + b"x" * pad + b'\\ud83d\\ude00 \\\\ud800 \\u00e9"}')
+        with pytest.raises(Suspect):
+            read_all(b'{"a": "' + b"x" * pad + b'\\ud83d\\ud800"}')
+        with pytest.raises(Suspect):
+            read_all(b'{"a": "' + b"x" * pad + b'\\\\\\udc00"}')
+        with pytest.raises(Suspect):
+            read_all(b'{"a": "' + b"x" * pad + b"\\ud83d")

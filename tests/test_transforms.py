@@ -6,6 +6,7 @@ import pickle
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -25,7 +26,8 @@ from coco_beam.transforms.shards.assign import AssignShards
 from coco_beam.transforms.shards.sharding import shard_index
 from coco_beam.transforms.shards.write import ShardWriterConfig, _WriteShardFn
 
-OPTIONS = ["--runtime_type_check"]
+# TestPipeline reads its options from ``--test-pipeline-options`` only: ``argv`` would be ignored.
+TYPE_CHECKED = PipelineOptions(runtime_type_check=True)
 
 
 @pytest.fixture()
@@ -73,7 +75,8 @@ def tiny_coco(tmp_path):
 
 
 def test_read_join_rasterize(tiny_coco):
-    with TestPipeline(argv=OPTIONS) as p:
+    with TestPipeline(options=TYPE_CHECKED) as p:
+        assert p.options.view_as(TypeOptions).runtime_type_check
         read = p | ReadCocoAnnotations([tiny_coco])
         joined = read | JoinAnnotationsToImages({"val": tiny_coco.images_dir})
         raster = joined.plans | RasterizeMasks()
@@ -109,6 +112,54 @@ def test_read_join_rasterize(tiny_coco):
         )
     metrics = p.result.metrics().query(MetricsFilter().with_name("masks_rasterized"))
     assert sum(c.committed for c in metrics["counters"]) == 1
+
+
+def _checked_at_runtime(enabled: bool) -> PipelineOptions:
+    # Construction-time checks off: what fails is the check of each element as it runs.
+    return PipelineOptions(runtime_type_check=enabled, pipeline_type_check=False)
+
+
+class _YieldsAPlan(_RasterizeFn):
+    """Declares ``PlanBatch`` out (inherited), but yields an ``ImagePlan``."""
+
+    def process(self, batch):
+        yield from batch.plans
+
+
+_PLAN = ImagePlan("val", 1, "1.jpg", 2, 2, "x/1.jpg", "s", [], [], [])
+
+
+@pytest.mark.parametrize(
+    "step, element, wrong",
+    [
+        pytest.param(_ReadSectionFn(), ("instances_val.json", "images"), "input", id="read"),
+        pytest.param(_JoinBucketFn({"val": "x"}, None), (("val", "0"), [b""]), "input", id="join"),
+        pytest.param(_RasterizeFn(), _PLAN, "input", id="rasterize"),
+        pytest.param(_YieldsAPlan(), PlanBatch("val", 0, [_PLAN]), "output", id="output"),
+    ],
+)
+def test_a_wrongly_typed_element_fails_the_runtime_type_check(step, element, wrong):
+    def build(p):
+        side = {}
+        if isinstance(step, _JoinBucketFn):
+            empty = p | "NoSide" >> beam.Create([], reshuffle=False)
+            side = {
+                "categories": beam.pvalue.AsDict(empty),
+                "duplicate_ids": beam.pvalue.AsDict(empty),
+            }
+        return p | beam.Create([element], reshuffle=False) | beam.ParDo(step, **side)
+
+    violation = {
+        "input": "Runtime type violation.*Type-hint for argument",
+        "output": "type-constraint violated.*received ImagePlan instead",
+    }
+    with pytest.raises(Exception, match=violation[wrong]):
+        with TestPipeline(options=_checked_at_runtime(True)) as p:
+            build(p)
+    if wrong == "output":
+        # Unchecked, the same wrong element passes unnoticed: only the check finds it.
+        with TestPipeline(options=_checked_at_runtime(False)) as p:
+            build(p)
 
 
 def test_assign_shards_is_deterministic_and_covers_every_shard(tmp_path):

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.typehints import Iterable as IterableOf
+from apache_beam.typehints import Tuple, Union
 
 from coco_beam.schemas.records import (
     COUNTS,
@@ -33,7 +35,7 @@ from coco_beam.schemas.records import (
     Reason,
     Rejection,
 )
-from coco_beam.transforms.annotations.coco_json import safe_relative_path
+from coco_beam.transforms.annotations.checks import safe_relative_path
 from coco_beam.transforms.runtime.packing import relax_gc, unpack
 from coco_beam.transforms.runtime.progress import ProgressReporter
 
@@ -301,6 +303,17 @@ def join_image(
     return plan, rejections, read
 
 
+_Count = Tuple[Tuple[str, str], int]  # ((counter, key), n)
+
+
+@beam.typehints.with_input_types(
+    Tuple[Tuple[str, int], IterableOf[bytes]], categories=dict, duplicate_ids=dict
+)
+# Beam's --runtime_type_check holds every output, tagged ones too, to the main output's type:
+# that type is the union of all, and ``JoinAnnotationsToImages`` gives the main output its own.
+@beam.typehints.with_output_types(
+    Union[PlanBatch, Rejection, _Count], **{REJECTED: Rejection, COUNTS: _Count}
+)
 class _JoinBucketFn(beam.DoFn):
     """Joins every image of one join bucket; emits one ``PlanBatch`` (plans in id order), the
     rejections, and the bucket's read counts."""
@@ -376,7 +389,7 @@ class JoinAnnotationsToImages(beam.PTransform):
             | "GroupSplits" >> beam.GroupByKey()
             | "UnionPerSplit" >> beam.Map(_union)
         )
-        return (
+        joined = (
             inputs["records"]
             | "GroupByBucket" >> beam.GroupByKey()
             | "Join"
@@ -386,3 +399,5 @@ class JoinAnnotationsToImages(beam.PTransform):
                 duplicate_ids=beam.pvalue.AsDict(duplicates),
             ).with_outputs(REJECTED, COUNTS, main="plans")
         )
+        joined.plans.element_type = PlanBatch
+        return joined

@@ -4,40 +4,47 @@ Each (file, section) pair is its own element, so a 450 MB instances file is pars
 streams at once (images, annotations, categories) and several files in parallel, each with
 memory bounded by one batch of records. Records leave in batches, one per join bucket and
 flush, so the join's shuffle moves thousands of elements rather than one per record. Files are
-opened through Beam's filesystems, so local paths and ``gs://`` URLs work alike.
+opened through Beam's filesystems, so local paths and ``gs://`` URLs work alike, and a
+``.json.gz`` file is decompressed as it is streamed.
+
+Where the sections run: the reading itself (``sections.read_section``) is a pure core. With
+one worker (the default local run, and any runner that spreads elements itself) the sections
+of one file travel as one element, and a local file's are read at once, each in a child
+process of the worker (``runtime.isolation``): even one worker parses on every core, and the
+categories at a file's end (reached by a parse that builds nothing) cost no time beside its
+annotations. Files still spread over workers. Other files are read in the worker.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import queue
+import threading
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.typehints import Iterable, Tuple, Union
+from apache_beam.utils.shared import Shared
 
-from coco_beam.schemas.errors import RecordError
-from coco_beam.schemas.records import (
-    COUNTS,
-    REJECTED,
-    TAG_ANNOTATION,
-    TAG_CAPTION,
-    TAG_IMAGE,
-    TAG_PANOPTIC,
-    AnnotationSource,
-    Rejection,
+from coco_beam.schemas.records import COUNTS, REJECTED, AnnotationSource, Rejection
+from coco_beam.transforms.annotations.sections import (
+    ANNOTATION_IDS,
+    CATEGORIES,
+    IMAGE_COUNTS,
+    LOCAL_COMPRESSIONS,
+    CocoFileError,
+    read_local_section,
+    read_section,
 )
-from coco_beam.transforms.annotations import coco_json
-from coco_beam.transforms.images.masks import pack_polygons
-from coco_beam.transforms.runtime.packing import pack, relax_gc
-from coco_beam.transforms.shards.sharding import join_bucket
+from coco_beam.transforms.runtime.isolation import Isolated
+from coco_beam.transforms.runtime.packing import relax_gc
 
-__all__ = ["ReadCocoAnnotations", "sections_of"]
-
-CATEGORIES = "categories"
-ANNOTATION_IDS = "annotation_ids"
-IMAGE_COUNTS = "image_counts"
+__all__ = [
+    "CocoFileError",  # re-exported: a file that cannot be read stops the run
+    "ReadCocoAnnotations",
+    "sections_of",
+]
 
 # The families list the same images; each split's image list is read from one of them, in
 # this order of preference.
@@ -74,11 +81,15 @@ def plan_tasks(sources: list[AnnotationSource]) -> list[tuple[AnnotationSource, 
 # a file; the categories at its end are reached by a parse that builds nothing; the images list
 # comes first and its reader stops at its end (measured on COCO-shaped files).
 _SECTION_COST = {"annotations": 1.0, "categories": 0.3, "images": 0.15}
+# A gzipped COCO JSON file is about a sixth of its JSON (instances_val2017: 25 MB to 4 MB): its
+# listed size times this is about the JSON's.
+_GZIP_RATIO = 6.0
 
 
 def task_cost(task: tuple[AnnotationSource, str]) -> float:
     source, section = task
-    return _SECTION_COST[section] * max(source.size_bytes, 1)
+    size = max(source.size_bytes, 1) * (_GZIP_RATIO if source.path.endswith(".gz") else 1.0)
+    return _SECTION_COST[section] * size
 
 
 def deal_tasks(tasks: list, workers: int) -> list:
@@ -98,149 +109,132 @@ def deal_tasks(tasks: list, workers: int) -> list:
     return [hand[t] if t < len(hand) else None for t in range(turns) for hand in hands]
 
 
-class CocoFileError(ValueError):
-    """A whole annotation file cannot be read (not JSON, not COCO); the run stops."""
+# Element types of the reader's outputs.
+Records = Tuple[Tuple[str, int], bytes]  # ((split, bucket), packed records)
+Count = Tuple[Tuple[str, str], int]  # ((counter, key), n)
+_TAGGED = {
+    REJECTED: Rejection,
+    CATEGORIES: Tuple[str, dict],
+    COUNTS: Count,
+    ANNOTATION_IDS: Tuple[Tuple[str, str], np.ndarray],
+    IMAGE_COUNTS: Tuple[str, int],
+}
 
 
-def _record_key(record) -> str:
-    """The record's id; a panoptic record has none and is keyed by its image's."""
-    if isinstance(record, dict):
-        for field in ("id", "image_id"):
-            if field in record:
-                return str(record[field])[:64]
-    return ""
-
-
-def _sha256_of(record) -> str:
-    try:
-        payload = json.dumps(record, sort_keys=True, default=str).encode("utf-8", "replace")
-    except (TypeError, ValueError):
-        payload = repr(record).encode("utf-8", "replace")
-    return hashlib.sha256(payload).hexdigest()
-
-
+@beam.typehints.with_input_types(Tuple[int, Iterable[Tuple[AnnotationSource, str]]])
+# Beam's --runtime_type_check holds every output, tagged ones too, to the main output's type:
+# that type is the union of all, and ``ReadCocoAnnotations`` gives the main output its own.
+@beam.typehints.with_output_types(Union[(Records, *_TAGGED.values())], **_TAGGED)
 class _ReadSectionFn(beam.DoFn):
-    """Streams one section of one file; every record is emitted, rejected or counted.
+    """Streams a group of sections (``(key, [(source, section), ...])``); every record is
+    emitted, rejected or counted. ``isolate``: a local file's sections are read at once in
+    child processes (see the module), else one after another in the worker.
 
     ``keypoints_only`` names the splits that also have an instances file: their keypoint
     records keep only ids and keypoints, since their geometry repeats the instance's.
     """
 
-    def __init__(self, keypoints_only: frozenset = frozenset()):
+    def __init__(self, keypoints_only: frozenset = frozenset(), isolate: bool = True):
         self._keypoints_only = keypoints_only
+        self._isolate = isolate
+        # The worker process's children read local files: one pool per process.
+        self._shared = Shared()
 
     def setup(self):
         relax_gc()
+        self._children = None
+        if self._isolate:
+            self._children = self._shared.acquire(Isolated).attach()
 
-    def process(self, task):
-        source, section = task
-        slim = source.family == "person_keypoints" and source.split in self._keypoints_only
-        kind = {"images": TAG_IMAGE, "categories": "category"}.get(section)
-        if kind is None:
-            kind = {"captions": TAG_CAPTION, "panoptic": TAG_PANOPTIC}.get(
-                source.family, TAG_ANNOTATION
-            )
-        ids, images = [], 0
-        batches = _Batches(source.split)
-        with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            records = coco_json.iter_section(f, section)
-            while True:
-                try:
-                    record = next(records)
-                except StopIteration:
-                    break
-                except Exception as exc:
-                    # Only the parser runs inside this try: nothing is yielded in it, so an
-                    # exception of a fused downstream step is never caught here.
-                    raise CocoFileError(
-                        f"{source.path}: not a readable COCO JSON document in section "
-                        f"'{section}': {type(exc).__name__}: {exc}"
-                    ) from exc
-                try:
-                    if isinstance(record, coco_json.Flagged):
-                        flagged, record = record, record.record
-                        raise RecordError(flagged.reason, flagged.message)
-                    checked = _check(kind, record, source.family, slim)
-                except RecordError as exc:
-                    yield beam.pvalue.TaggedOutput(
-                        REJECTED,
-                        Rejection(
-                            kind=kind,
-                            key=_record_key(record),
-                            reason=exc.reason,
-                            error_type=type(exc).__name__,
-                            message=str(exc)[:200],
-                            source=source.path,
-                            split=source.split,
-                            payload_sha256=_sha256_of(record),
-                        ),
-                    )
-                    if kind in (TAG_IMAGE, TAG_ANNOTATION, TAG_CAPTION, TAG_PANOPTIC):
-                        yield beam.pvalue.TaggedOutput(COUNTS, (("read", kind), 1))
-                    continue
-                if kind == "category":
-                    yield beam.pvalue.TaggedOutput(CATEGORIES, (source.split, checked))
-                    continue
-                if kind == TAG_IMAGE:
-                    image_id = checked["id"]
-                    images += 1
-                elif kind == TAG_PANOPTIC:
-                    image_id = checked["image_id"]
-                    checked["path"] = source.masks_dir.rstrip("/") + "/" + checked["file_name"]
-                else:
-                    image_id = checked["image_id"]
-                    ids.append(checked["id"])
-                if "segmentation" in checked:
-                    checked["segmentation"] = pack_polygons(checked["segmentation"])
-                yield from batches.add(image_id, (kind, source.family, source.path, checked))
-        if section == "images":
-            # Every split's bucket 0 exists, so the steps after the join can act once a split.
-            batches.touch(0)
-        yield from batches.flush()
-        if ids:
-            yield beam.pvalue.TaggedOutput(
-                ANNOTATION_IDS, ((source.split, source.family), np.asarray(ids, np.int64))
-            )
-        if section == "images":
-            yield beam.pvalue.TaggedOutput(IMAGE_COUNTS, (source.split, images))
+    def teardown(self):
+        if self._children is not None:
+            self._children.detach()
+            self._children = None
+
+    def process(self, element):
+        _, tasks = element
+        held = []
+        for source, section in sorted(tasks, key=lambda t: t[1]):
+            slim = source.family == "person_keypoints" and source.split in self._keypoints_only
+            compression = _local_compression(source.path)
+            if self._children is not None and compression is not None:
+                held.append((source, section, slim, compression))
+                continue
+            # AUTO: decompressed by the file's extension (``.gz``), as it is read.
+            with FileSystems.open(source.path, compression_type=CompressionTypes.AUTO) as f:
+                for tag, value in read_section(f, source, section, slim=slim):
+                    yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
+        if held:
+            for tag, value in _read_in_children(self._children, held):
+                yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
+
+    def finish_bundle(self):
+        if self._children is not None:
+            # Kept for the bundle's next file; closed at its end, so their memory goes back
+            # before the images are decoded.
+            self._children.close()
 
 
-class _Batches:
-    """Buffers one split's records by join bucket; flushes every bucket once ``limit`` records
-    are held, so memory stays bounded and records cross the shuffle in packed batches."""
-
-    def __init__(self, split: str, limit: int = 16384):
-        self._split, self._limit = split, limit
-        self._buckets: dict[int, list] = {}
-        self._held = 0
-
-    def add(self, image_id: int, value):
-        self._buckets.setdefault(join_bucket(self._split, image_id), []).append((image_id, value))
-        self._held += 1
-        if self._held >= self._limit:
-            yield from self.flush()
-
-    def touch(self, bucket: int) -> None:
-        self._buckets.setdefault(bucket, [])
-
-    def flush(self):
-        for bucket in sorted(self._buckets):
-            yield (self._split, bucket), pack(self._buckets[bucket])
-        self._buckets, self._held = {}, 0
+def _local_compression(path: str) -> str | None:
+    """How a child opens ``path`` (a key of ``sections.LOCAL_COMPRESSIONS``), or None for a
+    file it cannot open itself (an object store's, or a compression it does not know)."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        return None
+    compression = CompressionTypes.detect_compression_type(path)
+    return compression if compression in LOCAL_COMPRESSIONS else None
 
 
-def _check(kind: str, record, family: str, slim: bool) -> dict:
-    if kind == TAG_IMAGE:
-        return coco_json.check_image(record)
-    if kind == TAG_CAPTION:
-        return coco_json.check_caption(record)
-    if kind == TAG_PANOPTIC:
-        return coco_json.check_panoptic(record)
-    if kind == TAG_ANNOTATION:
-        if slim:
-            return coco_json.check_keypoints_only(record)
-        return coco_json.check_annotation(record, family)
-    return coco_json.check_category(record)
+_DONE = object()
+
+
+def _read_in_children(children: Isolated, held: list):
+    """``(tag, value)`` of every held section, read at once in ``children`` (as many at a
+    time as it has); a file that cannot be read raises its ``CocoFileError`` here. The queue
+    between them is short: a child waits while the worker has not taken its outputs."""
+    outputs = queue.Queue(maxsize=16)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                outputs.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read(source, section, slim, compression):
+        items = children.stream(
+            read_local_section, source, section, slim=slim, compression=compression
+        )
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - raised in the worker's thread below
+            put(exc)
+            return
+        finally:
+            items.close()
+        put(_DONE)
+
+    threads = [threading.Thread(target=read, args=task, daemon=True) for task in held]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            item = outputs.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def _merge_categories(split, records):
@@ -276,7 +270,9 @@ class ReadCocoAnnotations(beam.PTransform):
     reason), ``counts``, ``annotation_ids`` (one id array per section read, to find ids
     used twice without shuffling one element per annotation) and ``image_counts``
     (``(split, valid image records)``, known before any join, to size the shards). A file
-    that is not JSON fails the run with a message naming it.
+    that is not JSON, or whose section is not a list (``"images": null``), fails the run with
+    a message naming it and the section; a record that is not an object is rejected
+    (``schema_violation``) like any other. A byte-order mark before the JSON is skipped.
     """
 
     def __init__(self, sources: list[AnnotationSource], workers: int = 1):
@@ -286,16 +282,23 @@ class ReadCocoAnnotations(beam.PTransform):
 
     def expand(self, pbegin):
         dealt = deal_tasks(plan_tasks(self._sources), self._workers)
+        # One worker: a file's sections travel together and are read at once, in its
+        # children. Several local workers: each section alone, dealt evenly (``deal_tasks``).
+        files, keyed = {}, []
+        for i, task in enumerate(dealt):
+            if task is not None:
+                key = i if self._workers > 1 else files.setdefault(task[0].path, len(files))
+                keyed.append((key, task))
         outputs = (
             pbegin
-            | "ListSections" >> beam.Create(list(enumerate(dealt)), reshuffle=False)
-            | "SpreadSections" >> beam.GroupByKey()
-            | "Tasks" >> beam.FlatMap(lambda kv: [t for t in kv[1] if t is not None])
-            | "StreamSection"
+            | "ListSections" >> beam.Create(keyed, reshuffle=False)
+            | "GroupSections" >> beam.GroupByKey()
+            | "StreamSections"
             >> beam.ParDo(_ReadSectionFn(_splits_with_instances(self._sources))).with_outputs(
                 REJECTED, CATEGORIES, COUNTS, ANNOTATION_IDS, IMAGE_COUNTS, main="records"
             )
         )
+        outputs.records.element_type = Records
         categories = (
             outputs[CATEGORIES]
             | "GroupCategories" >> beam.GroupByKey()
