@@ -1,6 +1,11 @@
-"""The statistics tables: the figures of ``stats/stats.json`` as flat Parquet tables for a lake.
+"""The statistics contract: the document's headline counts and histograms, and its tables.
 
-One file per table under ``stats/``, each with a ``split`` column that is null for the whole
+``HEADLINE_COUNTS`` and ``HISTOGRAMS`` name what ``stats/stats.json`` holds at its top level and
+under ``histograms``; the accumulators bin with these widths, the tables and comparisons list
+these counts.
+
+``STATS_TABLES``: the figures of ``stats/stats.json`` as flat Parquet tables for a lake. One file
+per table under ``stats/``, each with a ``split`` column that is null for the whole
 dataset and names the split otherwise, so ``WHERE split IS NULL`` selects the overall figures.
 Long form (one row per bin, pair or cell) rather than nested lists, so SQL engines aggregate
 them without unnesting.
@@ -10,7 +15,36 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["STATS_TABLES"]
+__all__ = ["HEADLINE_COUNTS", "HISTOGRAMS", "STATS_TABLES"]
+
+# The document's top-level counts, in order (the tables and comparisons list them too).
+HEADLINE_COUNTS = (
+    "num_images",
+    "num_annotations",
+    "num_crowd",
+    "num_captions",
+    "num_images_without_annotations",
+    "num_zero_size_boxes",
+    "num_boxes_outside_image",
+    "num_pixels",
+)
+
+# name -> (bin width, unit) of the one-dimensional histograms, in the document's order; bin k
+# holds [k*w, (k+1)*w).
+HISTOGRAMS = {
+    "objects_per_image": (1, "objects"),
+    "categories_per_image": (1, "categories"),
+    "bbox_width": (1, "px"),
+    "bbox_height": (1, "px"),
+    "bbox_aspect_log2": (0.125, "log2(width / height)"),
+    "bbox_relative_size": (0.01, "sqrt(box area / image area)"),
+    "mask_to_bbox_area": (0.05, "mask area / box area"),
+    "image_width": (16, "px"),
+    "image_height": (16, "px"),
+    "image_aspect_log2": (0.125, "log2(width / height)"),
+    "file_size_log2_kib": (0.25, "log2(KiB)"),
+    "caption_words": (1, "words"),
+}
 
 _SPLIT = pa.field("split", pa.string())  # null: every split together
 
@@ -135,6 +169,18 @@ STATS_TABLES: dict[str, pa.Schema] = {
             pa.field("sha256", pa.string(), nullable=False),
             pa.field("split", pa.string(), nullable=False),
             pa.field("image_id", pa.int64(), nullable=False),
+            pa.field("across_splits", pa.bool_(), nullable=False),
+        ]
+    ),
+    # Near-duplicate images (``transforms.stats.near_duplicates``): one row per image of every
+    # group; ``group`` is its position in stats.json's ``near_duplicates``, ``distance`` the
+    # bits in which the image's perceptual hash differs from the group's first image's.
+    "near_duplicates": pa.schema(
+        [
+            pa.field("group", pa.int64(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("image_id", pa.int64(), nullable=False),
+            pa.field("distance", pa.int32(), nullable=False),
             pa.field("across_splits", pa.bool_(), nullable=False),
         ]
     ),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from coco_beam.transforms.stats.gather import add_image, add_pixels, stats_document
+from coco_beam.transforms.stats.accumulators import add_image, add_pixels, new_accumulator
+from coco_beam.transforms.stats.summary import stats_document
 
 CATEGORIES = {
     1: {"id": 1, "name": "person", "supercategory": "person"},
@@ -56,7 +55,7 @@ def _image(acc, anns, value: int) -> None:
 def small_doc(*, extra_car: bool = False, leak: bool = True) -> dict:
     """Two splits, no keypoints or captions; ``train`` 1 and ``val`` 9 share bytes (a leak) when
     ``leak``, ``train`` 4 and 5 too. ``extra_car`` adds one car to one train image."""
-    train, val = collections.Counter(), collections.Counter()
+    train, val = new_accumulator(), new_accumulator()
     _image(train, [_ann(1, [0, 0, 40, 30]), _ann(3, [10, 10, 8, 6])], 100)
     _image(train, [_ann(1, [5, 5, 70, 50], crowd=1)] + extra_car * [_ann(3, [1, 1, 20, 9])], 120)
     _image(train, [], 30)

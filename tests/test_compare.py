@@ -124,3 +124,28 @@ def test_panoptic_changes_are_listed():
     assert "panoptic category sky (187): num_segments 0 -> 2, pixels 0 -> 900" in (
         format_comparison(diff)
     )
+
+
+def test_near_duplicate_groups_that_appear_are_listed():
+    from coco_beam.transforms.stats.near_duplicates import near_duplicate_groups
+
+    a, b = ("train", 2, "00000000ffffffff"), ("val", 7, "00000003fffffffc")
+    c = ("train", 3, "00000000fffffffe")
+    old, new = small_doc(), small_doc()
+    old["near_duplicates"] = near_duplicate_groups([(a, c, 1)])
+    new["near_duplicates"] = near_duplicate_groups([(a, c, 1), (a, b, 4)])
+    diff = compare_stats(old, new)
+    near = diff["near_duplicates"]
+    assert diff["changed"] is True
+    assert (near["old_groups"], near["new_groups"], near["old_leaks"], near["new_leaks"]) == (
+        1,
+        1,
+        0,
+        1,
+    )
+    # The group gained an image: it appears anew, as a leak.
+    assert near["groups_added"] == near["leaks_added"] == new["near_duplicates"]
+    text = format_comparison(diff)
+    assert "near-duplicates: 1 -> 1 groups, leaks across splits: 0 -> 1" in text
+    assert "new leak: train:2 (0), train:3 (1), val:7 (4)" in text
+    assert compare_stats(new, new)["near_duplicates"]["groups_added"] == []

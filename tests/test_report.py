@@ -95,18 +95,41 @@ def test_report_is_self_contained_and_deterministic():
     assert "<script src" not in lowered and "<link" not in lowered and "@import" not in lowered
 
 
-def test_preparing_for_publishing_changes_nothing_it_writes():
-    """The writer warms the report and the lake up in the background; the page is the same."""
+_PREPARE_IN_A_FRESH_PROCESS = """
+import hashlib, json, sys
+sys.path.insert(0, sys.argv[1])
+from coco_beam.transforms.runtime.warmup import prepare
+from coco_beam.transforms.stats.report import render_report
+from stats_docs import small_doc
+
+wanted = ("pyiceberg.catalog.sql", "plotly.graph_objects")
+before = [m in sys.modules for m in wanted]
+prepare(("report", "lake"))
+after = [m in sys.modules for m in wanted]
+prepare(("report", "lake"))  # once a process: a second call does nothing
+page = hashlib.sha256(render_report(small_doc()).encode()).hexdigest()
+print(json.dumps({"before": before, "after": after, "page": page}))
+"""
+
+
+def test_preparing_for_publishing_loads_what_publishing_needs_and_changes_nothing():
+    """The writer warms the report and the lake up in the background. In a fresh process
+    (this one may have imported Plotly already): neither is loaded before, both are after,
+    and the page is the one this process renders."""
+    import hashlib
+    import subprocess
     import sys
 
-    from coco_beam.transforms.runtime.warmup import prepare
-
-    doc = small_doc()
-    page = render_report(doc)
-    prepare(("report", "lake"))
-    assert "pyiceberg.catalog.sql" in sys.modules and "plotly.graph_objects" in sys.modules
-    prepare(("report", "lake"))  # once a process: a second call does nothing
-    assert render_report(doc) == page
+    out = subprocess.run(
+        [sys.executable, "-c", _PREPARE_IN_A_FRESH_PROCESS, str(REPO / "tests")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    page = hashlib.sha256(render_report(small_doc()).encode()).hexdigest()
+    assert seen == {"before": [False, False], "after": [True, True], "page": page}
 
 
 def _open_in_chromium(path: pathlib.Path, screenshot: pathlib.Path) -> dict:
@@ -161,6 +184,12 @@ def _open_in_chromium(path: pathlib.Path, screenshot: pathlib.Path) -> dict:
                 })"""
             )
             seen["title"] = page.title()
+            # Every picture, once decoded: its natural size (0 for one that did not load).
+            seen["images"] = page.evaluate(
+                """() => Promise.all(Array.from(document.images).map(i => i.decode().then(
+                    () => ({width: i.naturalWidth, height: i.naturalHeight, alt: i.alt}),
+                    () => ({width: 0, height: 0, alt: i.alt}))))"""
+            )
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
@@ -192,3 +221,45 @@ def test_report_of_empty_families_says_so(tmp_path):
     assert [p["id"] for p in seen["plots"]] == list(PLOT_IDS)
     assert all(p["marks"] > 0 for p in seen["plots"]), seen["plots"]
     assert "no keypoints in this dataset" in path.read_text()
+
+
+def test_report_pictures_load_offline_in_chromium(synth_build):
+    """Every example thumbnail of a build's page is inlined: each one loads with the network
+    cut, and the page asks for nothing but itself."""
+    run_dir, manifest = synth_build
+    report = pathlib.Path(run_dir) / manifest["stats"]["report"]
+    doc = _stats(run_dir)
+    seen = _open_in_chromium(report, ARTIFACTS / "report-pictures.png")
+    assert seen["errors"] == [] and seen["blocked"] == []
+    assert seen["requests"] == [report.as_uri()]
+    named = sum(len(c["images"]) for c in doc["examples"]["categories"])
+    assert len(seen["images"]) >= named > 0
+    assert all(0 < i["width"] <= 128 and 0 < i["height"] <= 128 for i in seen["images"]), [
+        i for i in seen["images"] if not 0 < i["width"] <= 128
+    ]
+    assert (ARTIFACTS / "report-pictures.png").stat().st_size > 50_000
+
+
+def _with_near_duplicates(doc: dict) -> dict:
+    from coco_beam.transforms.stats.near_duplicates import near_duplicate_groups
+
+    a, b = ("train", 2, "00000000ffffffff"), ("val", 7, "00000003fffffffc")
+    c, d = ("train", 3, "ffffffff00000000"), ("train", 4, "ffffffff00000000")
+    doc["near_duplicates"] = near_duplicate_groups([(a, b, 4), (c, d, 0)])
+    doc["near_duplicate_leaks"] = [g for g in doc["near_duplicates"] if g["leak"]]
+    return doc
+
+
+def test_near_duplicates_in_their_table_and_the_report_leaks_first():
+    doc = _with_near_duplicates(small_doc())
+    rows = stats_tables(doc)["near_duplicates"].to_pylist()
+    assert rows == [
+        {"group": 0, "split": "train", "image_id": 2, "distance": 0, "across_splits": True},
+        {"group": 0, "split": "val", "image_id": 7, "distance": 4, "across_splits": True},
+        {"group": 1, "split": "train", "image_id": 3, "distance": 0, "across_splits": False},
+        {"group": 1, "split": "train", "image_id": 4, "distance": 0, "across_splits": False},
+    ]
+    page = render_report(doc)
+    assert "2 groups of near-duplicate images" in page and "1 of them across splits" in page
+    assert page.index("train: 2 (0), val: 7 (4)") < page.index("train: 3 (0), train: 4 (0)")
+    assert "No two images are near-duplicates." in render_report(small_doc())

@@ -1,27 +1,36 @@
-"""Statistics: the pure accumulator, its merge laws, and what a build writes."""
+"""Statistics: the pure accumulators, their merge laws, gathering them in a pipeline, and what
+a build writes."""
 
 import collections
+import copy
 import json
 import math
 import os
+import pickle
 import random
 
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.internal import pickler
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pycocotools.coco import COCO
 
 from coco_beam.transforms.runtime.packing import pack
-from coco_beam.transforms.stats.gather import (
-    MergeStats,
+from coco_beam.transforms.stats.accumulators import (
+    StatsAccumulator,
     add_image,
     add_pixels,
-    find_duplicates,
     merge,
-    summarize,
+    new_accumulator,
 )
+from coco_beam.transforms.stats.gather import GatherStatistics, MergeStats, find_duplicates
+from coco_beam.transforms.stats.summary import summarize
 
 from helpers import require_coco_tiny
 
@@ -74,7 +83,7 @@ def _ann(cat, bbox, area, crowd=0, keypoints=None):
 
 
 def test_counts_buckets_and_cooccurrence():
-    acc = collections.Counter()
+    acc = new_accumulator()
     _add(
         acc,
         _image(
@@ -125,7 +134,7 @@ def test_counts_buckets_and_cooccurrence():
 def test_pixel_mean_and_std_are_the_population_figures():
     rng = np.random.default_rng(0)
     pixels = [rng.integers(0, 256, (7, 9, 3), dtype=np.uint8) for _ in range(3)]
-    acc = collections.Counter()
+    acc = new_accumulator()
     for p in pixels:
         hist = Image.fromarray(p).histogram()
         _add(acc, _image(hist=hist, w=9, h=7))
@@ -135,63 +144,159 @@ def test_pixel_mean_and_std_are_the_population_figures():
     assert doc["pixel_std"] == pytest.approx(everything.std(axis=0).tolist(), rel=1e-12)
 
 
-def _random_images(seed, n):
+def _random_images(seed, n, *, varied=False):
+    """``n`` images of 20 x 10 px with up to three objects of categories 1 and 3; ``varied``:
+    of 16 to 1024 px a side, with up to twelve objects of twelve categories."""
     rng = random.Random(seed)
     images = []
     for _ in range(n):
+        w, h = (rng.randrange(16, 1025), rng.randrange(16, 1025)) if varied else (20, 10)
         anns = [
             _ann(
-                rng.choice([1, 3]),
-                [rng.uniform(0, 15), rng.uniform(0, 8), rng.uniform(0, 6), rng.uniform(0, 3)],
+                rng.choice(range(1, 13) if varied else [1, 3]),
+                [
+                    rng.uniform(0, w * 0.75),
+                    rng.uniform(0, h * 0.8),
+                    rng.uniform(0, w * 0.3),
+                    rng.uniform(0, h * 0.3),
+                ],
                 rng.uniform(0, 10000),
                 crowd=rng.random() < 0.2,
             )
-            for _ in range(rng.randrange(4))
+            for _ in range(rng.randrange(13 if varied else 4))
         ]
         hist = [rng.randrange(3) for _ in range(768)]
-        images.append(_image(anns, hist=hist, exif_orientation=rng.choice([None, 1, 6])))
+        images.append(_image(anns, hist=hist, w=w, h=h, exif_orientation=rng.choice([None, 1, 6])))
     return images
+
+
+def _accumulate(images) -> StatsAccumulator:
+    acc = new_accumulator()
+    for image in images:
+        _add(acc, image)
+    return acc
+
+
+def _entries(acc: StatsAccumulator) -> int:
+    """How many numbers ``acc`` holds: a count each, plus every bin, id or pair counted."""
+    return sum(
+        len(value) if isinstance(value, collections.Counter | list) else 1
+        for family in acc.__getstate__()
+        for value in family.__getstate__()
+    )
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 25), st.integers(1, 6))
 def test_three_ways_of_merging_agree(seed, n, batches):
-    """Sequential, merged per batch, and merged then compacted and re-merged in another order:
-    one answer, since the statistics must not depend on bundling or merge order."""
-    images = _random_images(seed, n)
-    sequential = collections.Counter()
-    for image in images:
-        _add(sequential, image)
-    parts = [collections.Counter() for _ in range(batches)]
+    """Sequential; one accumulator per batch, then merged; merged in another order, then
+    compacted and merged again: one accumulator, since the statistics must not depend on
+    bundling or merge order. Merging changes only the accumulator merged into."""
+    images = _random_images(seed, n, varied=seed % 2 == 1)
+    sequential = _accumulate(images)
+    parts = [new_accumulator() for _ in range(batches)]
     for i, image in enumerate(images):
         _add(parts[i % batches], image)
+    before = copy.deepcopy(parts)
     per_batch = merge(parts)
+    assert parts == before
     shuffled = parts[:]
     random.Random(seed).shuffle(shuffled)
     fn = MergeStats()
     halves = [
-        fn.merge_accumulators([fn.create_accumulator(), *shuffled[: batches // 2]]),
-        fn.add_input(fn.create_accumulator(), merge(shuffled[batches // 2 :])),
+        fn.compact(fn.merge_accumulators([fn.create_accumulator(), *shuffled[: batches // 2]])),
+        fn.compact(fn.add_input(fn.create_accumulator(), merge(shuffled[batches // 2 :]))),
     ]
     compacted = fn.extract_output(fn.merge_accumulators(halves[::-1]))
+    assert parts == before
+    assert per_batch == sequential
+    assert compacted == sequential
     expected = summarize(sequential, _CATS)
     assert summarize(per_batch, _CATS) == expected
     assert summarize(compacted, _CATS) == expected
+    assert expected["num_images"] == n
 
 
-def test_accumulator_size_does_not_grow_with_images():
-    small, large = collections.Counter(), collections.Counter()
-    for image in _random_images(1, 50):
-        _add(small, image)
-    for image in _random_images(1, 50) * 40:
-        _add(large, image)
-    assert len(large) <= len(small) + 50
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 12))
+def test_merge_order_never_matters(seed, n):
+    """Any two orders of merging the same single-image accumulators give one accumulator."""
+    singles = [_accumulate([image]) for image in _random_images(seed, n, varied=True)]
+    order = singles[:]
+    random.Random(seed).shuffle(order)
+    left = merge(singles)
+    right = new_accumulator()
+    for acc in reversed(order):
+        right.merge(acc)
+    assert left == right
+    assert left.categories.num_annotations == sum(a.categories.num_annotations for a in singles)
+
+
+def test_accumulator_size_is_bounded_by_bins_not_images():
+    """2,000 images of other seeds, sizes and categories than a small set of 50: they fill
+    more bins than it does, and their second thousand, doubling every count, adds a few bins
+    not seen yet (under a tenth), where anything kept per image or per box would double."""
+    small = _accumulate(_random_images(1, 50))
+    images = [im for seed in range(2, 42) for im in _random_images(seed, 50, varied=True)]
+    half, full = _accumulate(images[:1000]), _accumulate(images)
+    assert full.properties.num_images == 2 * half.properties.num_images == 2000
+    assert full.categories.num_annotations > 1.9 * half.categories.num_annotations
+    assert _entries(full) > 3 * _entries(small)
+    assert _entries(full) <= 1.1 * _entries(half)
+    assert len(pickle.dumps(full)) <= 1.1 * len(pickle.dumps(half))
+
+
+def test_accumulators_pickle_compactly_and_whole():
+    acc = _accumulate(_random_images(3, 30, varied=True))
+    data = pickle.dumps(acc, protocol=pickle.HIGHEST_PROTOCOL)
+    assert pickle.loads(data) == acc
+    assert pickle.loads(data) != _accumulate(_random_images(4, 30, varied=True))
+    # Fields travel by position: no field name is spelled in the bytes.
+    assert b"num_images" not in data and b"relative_sizes" not in data
+    assert len(pickle.dumps(new_accumulator())) < 1000
+
+
+def test_the_combine_fn_pickles():
+    for dumps, loads in ((pickle.dumps, pickle.loads), (pickler.dumps, pickler.loads)):
+        fn = loads(dumps(MergeStats()))
+        acc = fn.add_input(fn.create_accumulator(), _accumulate(_random_images(5, 3)))
+        assert fn.extract_output(acc).properties.num_images == 3
+
+
+def test_gather_statistics_merges_per_split_and_finds_duplicates():
+    train = [_accumulate(_random_images(seed, 4, varied=True)) for seed in (10, 11)]
+    val = _accumulate(_random_images(12, 5, varied=True))
+    digests = [
+        ("ab", pack([("ab1", "train", 1), ("ab2", "train", 2)])),
+        ("ab", pack([("ab1", "val", 7)])),
+        ("cd", pack([("cd9", "train", 3), ("cd9", "train", 4), ("cd8", "val", 5)])),
+    ]
+    options = PipelineOptions(runtime_type_check=True)
+    with TestPipeline(options=options) as p:
+        stats = p | "Stats" >> beam.Create([("train", train[0]), ("val", val), ("train", train[1])])
+        hashes = p | "Digests" >> beam.Create(digests)
+        gathered = (stats, hashes) | GatherStatistics()
+        assert_that(
+            gathered["stats"],
+            equal_to([("train", merge(train)), ("val", val)]),
+            label="CheckStats",
+        )
+        assert_that(
+            gathered["duplicates"],
+            equal_to(
+                [
+                    {"sha256": "ab1", "images": [["train", 1], ["val", 7]]},
+                    {"sha256": "cd9", "images": [["train", 3], ["train", 4]]},
+                ]
+            ),
+            label="CheckDuplicates",
+        )
 
 
 def test_extreme_boxes_land_in_outer_bins():
     """Finite, non-negative boxes pass the parse-time checks however large or small; their
     products and ratios overflow or underflow, and must neither raise nor add unbounded bins."""
-    acc = collections.Counter()
+    acc = new_accumulator()
     for bbox in ([0, 0, 1e200, 1e200], [0, 0, 1e-200, 1e-200], [0, 0, 1e-300, 1e300]):
         _add(acc, _image([_ann(1, bbox, 5.0)]))
     doc = summarize(acc, _CATS)

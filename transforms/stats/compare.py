@@ -1,4 +1,5 @@
-"""What changed between two builds' statistics: per split, per category, duplicates and leaks.
+"""What changed between two builds' statistics: per split, per category, duplicates,
+near-duplicates and leaks.
 
 Pure: ``compare_stats(old, new)`` takes two ``stats.json`` documents and returns a JSON-ready
 document; ``format_comparison`` renders it as text. Only what differs is listed, so two
@@ -7,7 +8,7 @@ identical builds compare as ``{"changed": false, ...}`` with empty lists.
 
 from __future__ import annotations
 
-from coco_beam.transforms.stats.gather import HEADLINE_COUNTS
+from coco_beam.schemas.stats import HEADLINE_COUNTS
 
 __all__ = ["compare_stats", "format_comparison"]
 
@@ -124,6 +125,26 @@ def _panoptic(old: dict, new: dict) -> dict:
     return out
 
 
+def _near_duplicates(old: dict, new: dict) -> dict:
+    """Near-duplicate groups before and after, and the groups that appeared: a group is known
+    by its images (split and id), so one that gained or lost an image appears anew."""
+
+    def images(group):
+        return tuple((s, i) for s, i, _ in group["images"])
+
+    before = {images(g) for g in old.get("near_duplicates", [])}
+    after = new.get("near_duplicates", [])
+    added = [g for g in after if images(g) not in before]
+    return {
+        "old_groups": len(before),
+        "new_groups": len(after),
+        "groups_added": added,
+        "old_leaks": sum(g["leak"] for g in old.get("near_duplicates", [])),
+        "new_leaks": sum(g["leak"] for g in after),
+        "leaks_added": [g for g in added if g["leak"]],
+    }
+
+
 def compare_stats(old: dict, new: dict) -> dict:
     """The differences of two statistics documents, per scope (``(all)`` and each split)."""
     old_scopes, new_scopes = _scopes(old), _scopes(new)
@@ -161,7 +182,14 @@ def compare_stats(old: dict, new: dict) -> dict:
         or duplicates["old_groups"] != duplicates["new_groups"]
         or bool(duplicates["groups_added"])
     )
-    return {"changed": changed, "scopes": scopes, "duplicates": duplicates}
+    near = _near_duplicates(old, new)
+    changed = changed or near["old_groups"] != near["new_groups"] or bool(near["groups_added"])
+    return {
+        "changed": changed,
+        "scopes": scopes,
+        "duplicates": duplicates,
+        "near_duplicates": near,
+    }
 
 
 def _num(value) -> str:
@@ -229,4 +257,15 @@ def format_comparison(diff: dict, *, max_categories: int = 25) -> str:
         for leak in d["leaks_added"][:max_categories]:
             images = ", ".join(f"{s}:{i}" for s, i in leak["images"])
             lines.append(f"  new leak {leak['sha256'][:16]}: {images}")
+    near = diff.get("near_duplicates")
+    if near and (near["old_groups"] != near["new_groups"] or near["groups_added"]):
+        lines.append(
+            f"near-duplicates: {near['old_groups']} -> {near['new_groups']} groups, "
+            f"leaks across splits: {near['old_leaks']} -> {near['new_leaks']}"
+        )
+        for group in near["groups_added"][:max_categories]:
+            images = ", ".join(f"{s}:{i} ({d})" for s, i, d in group["images"])
+            lines.append(f"  new {'leak' if group['leak'] else 'group'}: {images}")
+        if len(near["groups_added"]) > max_categories:
+            lines.append(f"  ... and {len(near['groups_added']) - max_categories} more groups")
     return "\n".join(lines)

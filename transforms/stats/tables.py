@@ -12,8 +12,7 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coco_beam.schemas.stats import STATS_TABLES
-from coco_beam.transforms.stats.gather import HEADLINE_COUNTS
+from coco_beam.schemas.stats import HEADLINE_COUNTS, STATS_TABLES
 
 __all__ = ["stats_tables", "table_bytes"]
 
@@ -92,6 +91,17 @@ def stats_tables(doc: dict) -> dict[str, pa.Table]:
         rows["duplicates"].extend(
             {"sha256": dup["sha256"], "split": split, "image_id": image_id, "across_splits": across}
             for split, image_id in dup["images"]
+        )
+    for group, near in enumerate(doc.get("near_duplicates", [])):
+        rows["near_duplicates"].extend(
+            {
+                "group": group,
+                "split": split,
+                "image_id": image_id,
+                "distance": distance,
+                "across_splits": near["leak"],
+            }
+            for split, image_id, distance in near["images"]
         )
     return {
         name: pa.Table.from_pylist(rows[name], schema=schema)
