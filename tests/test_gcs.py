@@ -267,3 +267,127 @@ def test_a_gs_output_registers_in_a_named_catalog_with_its_warehouse_on_gcs(
         ({"split": a, "image_id": b, "sha256": c} for a, b, c in expected), key=str
     )
     assert len(rows) == manifest["counts"]["image"]["written"]
+
+
+class _PreconditionProxy:
+    """In front of the emulator, which ignores preconditions: a request with
+    ``ifGenerationMatch`` is answered 412 unless it names the object's current generation (0:
+    no object), as GCS answers it; everything else is forwarded. Requests are served one at a
+    time, so a check and the write after it are atomic, as on GCS."""
+
+    def __init__(self, upstream_port: int):
+        import http.client
+        import http.server
+        import json
+        import re
+        import threading
+        import urllib.parse
+
+        lock = threading.Lock()
+
+        def generation(bucket: str, name: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+            quoted = urllib.parse.quote(name, safe="")
+            conn.request("GET", f"/storage/v1/b/{bucket}/o/{quoted}")
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            return int(json.loads(body)["generation"]) if resp.status == 200 else 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                with lock:
+                    if "ifGenerationMatch" in query:
+                        match = re.search(r"/b/([^/]+)/o(?:/([^/?]+))?", url.path)
+                        name = urllib.parse.unquote(match.group(2) or "")
+                        if not name:
+                            name = query.get("name", [""])[0] or json.loads(
+                                re.search(rb"\{.*?\}", body, re.S).group(0)
+                            ).get("name", "")
+                        wanted = int(query["ifGenerationMatch"][0])
+                        if generation(match.group(1), name) != wanted:
+                            self.send_response(412)
+                            self.send_header("Content-Type", "application/json")
+                            data = b'{"error": {"code": 412, "message": "conditionNotMet"}}'
+                            self.send_header("Content-Length", str(len(data)))
+                            self.end_headers()
+                            self.wfile.write(data)
+                            return
+                    conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture()
+def preconditions(emulator, gcs_input):
+    """GCS's preconditions in front of the emulator, for the duration of one test."""
+    proxy = _PreconditionProxy(emulator)
+    previous = os.environ["STORAGE_EMULATOR_HOST"]
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{proxy.port}"
+    yield gcs_input
+    os.environ["STORAGE_EMULATOR_HOST"] = previous
+    proxy.close()
+
+
+def test_the_lease_on_gcs_is_create_only_renewed_and_taken_over_when_stale(preconditions):
+    from coco_beam.transforms.runs.lease import Lease, LeaseHeld, check_lease, lease_holder
+
+    out = "gs://coco-out/leased"
+    first = Lease.acquire(out, "run-a", timeout=60, now=lambda: time.time() - 61)
+    second = Lease.acquire(out, "run-b", timeout=60)  # run-a's lease is stale: taken over
+    with pytest.raises(LeaseHeld, match="being written by run run-b"):
+        Lease.acquire(out, "run-c", timeout=60)
+    assert lease_holder(out)["run_id"] == "run-b"
+    assert not first.renew(), "a lease taken over is not renewed by its old holder"
+    assert not first.release()
+    check_lease(out, "run-b")
+    assert second.renew()
+    assert second.release()
+    assert lease_holder(out) is None
+
+
+def test_a_build_into_a_gs_output_another_run_holds_fails_naming_it(preconditions, tmp_path):
+    from coco_beam.transforms.runs.lease import Lease, LeaseHeld
+
+    out = "gs://coco-out/contended"
+    args = ("--coco-root=gs://coco-in/coco", f"--output={out}", "--num-shards=2")
+    holder = Lease.acquire(out, "20260101T000000Z-aaaaaa", timeout=3600)
+    with pytest.raises(LeaseHeld, match=r"being written by run 20260101T000000Z-aaaaaa \(host"):
+        run_build(*args)
+    assert holder.release()
+    _, manifest = run_build(*args)
+    client = preconditions
+    names = {b.name for b in client.list_blobs("coco-out", prefix="contended/")}
+    assert "contended/LEASE" not in names, "released when the run ended"
+    assert {n.split("/")[2] for n in names if n.startswith("contended/runs/")} == {
+        manifest["run_id"]
+    }

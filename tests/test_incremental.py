@@ -10,6 +10,7 @@ two snapshots in the Iceberg table, each reading back as its run's rows.
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import io
@@ -69,9 +70,14 @@ def _change_dataset(root: str) -> dict:
     with open(path, "wb") as f:
         f.write(sink.getvalue())
 
-    # 2. One annotation's category changed (an object without keypoints).
+    # 2. One annotation's category changed (an object without keypoints, of a category with
+    # other instances: a category emptied is a change the volume check stops).
+    per_category = collections.Counter(a["category_id"] for a in instances["annotations"])
     relabelled = next(
-        a for img in images[10:] for a in by_image.get(img["id"], []) if a["id"] not in keypoint_ids
+        a
+        for img in images[10:]
+        for a in by_image.get(img["id"], [])
+        if a["id"] not in keypoint_ids and per_category[a["category_id"]] > 1
     )
     other = next(c["id"] for c in instances["categories"] if c["id"] != relabelled["category_id"])
     relabelled["category_id"] = other
@@ -99,8 +105,19 @@ def _change_dataset(root: str) -> dict:
     )
     _dump(os.path.join(ann_dir, "instances_train2017.json"), instances)
 
-    # 4. One image removed from every annotation file, its file deleted.
-    removed = images[-1]
+    # 4. One image removed from every annotation file, its file deleted: the last one whose
+    # removal leaves every category some instances.
+    per_category = collections.Counter(a["category_id"] for a in instances["annotations"])
+    removed = next(
+        img
+        for img in reversed(images[11:])
+        if all(
+            per_category[cat] > n
+            for cat, n in collections.Counter(
+                a["category_id"] for a in by_image.get(img["id"], [])
+            ).items()
+        )
+    )
     for name in os.listdir(ann_dir):
         if not (name.endswith("_train2017.json")):
             continue
@@ -387,3 +404,37 @@ def test_a_tfrecord_only_build_registers_statistics_only_in_a_catalog_it_is_name
     assert "images" not in tables and {"categories", "stats_categories"} <= tables
     stats = catalog.load_table("coco_beam.stats_categories")
     assert stats.current_snapshot().summary.get("coco-beam.run-id") == manifest["run_id"]
+
+
+def test_keep_runs_deletes_older_folders_and_their_snapshots_but_never_a_kept_runs_file(
+    synth_root, tmp_path
+):
+    """Four builds into one output with ``--keep-runs=2`` (rebuilds link the unchanged shards
+    of the run before), and a killed run's folder among them: the newest two runs stay whole
+    and readable, older folders go, and the lake keeps the snapshots of the kept runs only,
+    each scanning back as its run's rows."""
+    out = str(tmp_path / "out")
+    args = (f"--coco-root={synth_root}", f"--output={out}", "--num-shards=3", "--keep-runs=2")
+    runs = [run_build(*args)]
+    killed = os.path.join(out, "runs", "20000101T000000Z-000000", ".tmp")
+    os.makedirs(killed)  # a run killed before publishing, long ago
+    runs += [run_build(*args) for _ in range(3)]
+    kept = [m["run_id"] for _, m in runs[-2:]]
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == kept
+    # The newest run reused the shards of the one before, which reused the deleted ones':
+    # the same files (hard links), still whole.
+    for run_dir, manifest in runs[-2:]:
+        for shard in manifest["shards"]:
+            with open(os.path.join(run_dir, shard["path"]), "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
+        assert all(s["reused"] for s in manifest["shards"])
+    catalog = _catalog(out)
+    for name in ("images", "categories", "stats_summary"):
+        table = catalog.load_table(f"coco_beam.{name}")
+        assert [s.summary.get("coco-beam.run-id") for s in table.snapshots()] == kept, name
+    images = catalog.load_table("coco_beam.images")
+    for snapshot, (run_dir, _) in zip(images.snapshots(), runs[-2:], strict=True):
+        columns = ("split", "image_id", "sha256", "num_objects")
+        scanned = images.scan(snapshot_id=snapshot.snapshot_id, selected_fields=columns)
+        rows = scanned.to_arrow().select(list(columns)).to_pylist()
+        assert sorted(tuple(r.values()) for r in rows) == _image_rows(run_dir)

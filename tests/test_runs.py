@@ -154,3 +154,159 @@ def test_a_retried_shard_leaves_no_duplicate_and_no_stray_file(
     assert _digest(os.path.join(run_dir, "stats", "stats.json")) == _digest(
         os.path.join(ref_dir, "stats", "stats.json")
     )
+
+
+def test_the_bundle_based_runner_writes_the_same_bytes(synth_root, reference, tmp_path):
+    """Beam's BundleBasedDirectRunner, which enforces Beam's model more strictly than the
+    default runner (side inputs of a multi-output step, retried bundles), publishes the same
+    files, byte for byte."""
+    from test_output_bytes import output_digests
+
+    run_dir, manifest = run_build(
+        f"--coco-root={synth_root}",
+        f"--output={tmp_path}",
+        "--num-shards=3",
+        "--runner=BundleBasedDirectRunner",
+    )
+    assert _published(str(tmp_path)) == (run_dir, manifest)
+    ref_dir, _ = reference
+    assert output_digests(run_dir, synth_root) == output_digests(ref_dir, synth_root)
+
+
+def test_publishing_that_fails_after_renaming_some_shards_is_retried_and_publishes_once(
+    synth_root, reference, tmp_path, monkeypatch
+):
+    """The publishing step fails once after renaming part of the shards (the fault hook); the
+    runner retries the bundle, which finds those shards at their final names: one published
+    run, equal to an undisturbed one, no stray file, the run once in the Iceberg history."""
+    from test_output_bytes import output_digests
+
+    from coco_beam.transforms.runs import lake
+
+    monkeypatch.setenv("COCO_BEAM_FAULTS", "publish:rename")
+    monkeypatch.setenv("COCO_BEAM_FAULTS_DIR", str(tmp_path / "faults"))
+    out = str(tmp_path / "out")
+    run_dir, manifest = run_build(
+        f"--coco-root={synth_root}",
+        f"--output={out}",
+        "--num-shards=3",
+        "--runner=BundleBasedDirectRunner",
+    )
+    assert os.listdir(tmp_path / "faults") == ["publish_rename.fired"], "the fault struck"
+    assert _published(out) == (run_dir, manifest)
+    assert os.listdir(os.path.join(out, "runs")) == [manifest["run_id"]]
+    ref_dir, _ = reference
+    assert output_digests(run_dir, synth_root) == output_digests(ref_dir, synth_root)
+    catalog = lake._catalog(lake.lake_config(out, None, [], "coco_beam"))
+    for name in ("images", "categories", "stats_summary"):
+        snapshots = catalog.load_table(f"coco_beam.{name}").snapshots()
+        assert [s.summary.get("coco-beam.run-id") for s in snapshots] == [manifest["run_id"]]
+
+
+# --- one writer per output: the lease ----------------------------------------------------
+
+
+def test_a_lease_is_exclusive_renewed_released_and_fenced(tmp_path):
+    from coco_beam.transforms.runs.lease import Lease, LeaseHeld, check_lease, lease_holder
+
+    out = str(tmp_path)
+    lease = Lease.acquire(out, "run-a", timeout=60)
+    holder = lease_holder(out)
+    assert (holder["run_id"], holder["pid"]) == ("run-a", os.getpid())
+    with pytest.raises(
+        LeaseHeld, match=rf"being written by run run-a \(host .*, pid {os.getpid()}"
+    ):
+        Lease.acquire(out, "run-b", timeout=60)
+    check_lease(out, "run-a")
+    with pytest.raises(LeaseHeld, match="run run-b lost the lease"):
+        check_lease(out, "run-b")
+    assert lease.renew(now=lambda: holder["renewed"] + 30)
+    assert lease_holder(out)["renewed"] == holder["renewed"] + 30
+    assert lease.release()
+    assert lease_holder(out) is None
+    assert not lease.release(), "released once"
+    Lease.acquire(out, "run-b", timeout=60).release()
+
+
+def test_a_stale_lease_is_taken_over_and_its_old_holder_can_neither_renew_nor_release_it(tmp_path):
+    from coco_beam.transforms.runs.lease import Lease, lease_holder
+
+    out = str(tmp_path)
+    stale = Lease.acquire(out, "run-a", timeout=60, now=lambda: time.time() - 61)
+    fresh = Lease.acquire(out, "run-b", timeout=60)
+    assert lease_holder(out)["run_id"] == "run-b"
+    assert not stale.renew()
+    assert not stale.release()
+    assert lease_holder(out)["run_id"] == "run-b"
+    assert fresh.release()
+
+
+def test_the_lease_of_a_process_that_is_gone_is_taken_over_at_once(tmp_path):
+    from coco_beam.transforms.runs.lease import Lease, lease_holder
+
+    out = str(tmp_path)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    Lease.acquire(out, "killed", timeout=3600)
+    with open(os.path.join(out, "LEASE")) as f:
+        doc = json.load(f)
+    with open(os.path.join(out, "LEASE"), "w") as f:
+        json.dump(dict(doc, pid=int(gone.stdout)), f)
+    Lease.acquire(out, "next", timeout=3600)
+    assert lease_holder(out)["run_id"] == "next"
+
+
+def test_a_build_started_while_another_runs_fails_at_once_naming_the_holder(
+    synth_root, tmp_path, monkeypatch
+):
+    """Two builds into one output: the second starts while the first holds the lease (the
+    first waits, inside its lease, until the second has failed). Exactly one publishes, the
+    other fails naming it, and the Iceberg history holds the published run once."""
+    import threading
+
+    from coco_beam.pipelines import build
+    from coco_beam.transforms.runs.lease import LeaseHeld
+
+    find_previous = build.find_previous
+    holding, second_done = threading.Event(), threading.Event()
+
+    def held_open(options, plan):
+        holding.set()
+        assert second_done.wait(timeout=300)
+        return find_previous(options, plan)
+
+    monkeypatch.setattr(build, "find_previous", held_open)
+    out = str(tmp_path / "out")
+    args = (f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2")
+    first = {}
+    thread = threading.Thread(target=lambda: first.update(result=run_build(*args)))
+    thread.start()
+    try:
+        assert holding.wait(timeout=300)
+        with pytest.raises(LeaseHeld) as failed:
+            run_build(*args)
+    finally:
+        second_done.set()
+        thread.join()
+    run_dir, manifest = first["result"]
+    message = str(failed.value)
+    assert f"is being written by run {manifest['run_id']} (host " in message
+    assert f"pid {os.getpid()}" in message
+    assert _published(out) == (run_dir, manifest)
+    assert os.listdir(os.path.join(out, "runs")) == [manifest["run_id"]]
+    assert not os.path.exists(os.path.join(out, "LEASE")), "released when the run ended"
+    monkeypatch.setattr(build, "find_previous", find_previous)
+    _, again = run_build(*args)  # the output is free again
+    from coco_beam.transforms.runs import lake
+
+    table = lake._catalog(lake.lake_config(out, None, [], "coco_beam")).load_table(
+        "coco_beam.images"
+    )
+    assert [s.summary.get("coco-beam.run-id") for s in table.snapshots()] == [
+        manifest["run_id"],
+        again["run_id"],
+    ]

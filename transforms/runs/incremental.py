@@ -39,6 +39,7 @@ from coco_beam.schemas.state import STATE_SCHEMA, STATE_VERSION
 from coco_beam.transforms.images.decode import is_not_found
 
 __all__ = [
+    "PreviousBuild",
     "PreviousRun",
     "crc32c_hex",
     "latest_run",
@@ -158,6 +159,18 @@ class PreviousRun:
 
     def states(self) -> list[str]:
         return sorted({s["state"] for s in self.shards.values()})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreviousBuild:
+    """What a build knows of its output before it starts: its own ``settings`` (the ones that
+    shape the bytes), the output's last complete run (``previous``, None before any or when its
+    state is unusable) and that run again as ``reusable`` when this build may reuse its shards
+    (None for a full build)."""
+
+    settings: dict
+    previous: PreviousRun | None = None
+    reusable: PreviousRun | None = None
 
 
 def latest_run(output: str) -> tuple[str, str] | None:

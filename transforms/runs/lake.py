@@ -12,11 +12,11 @@ run's files leave the current snapshot and stay readable by snapshot id), with t
 the snapshot's summary (``coco-beam.run-id``). ``images`` is committed last, after ``LATEST``
 moved: a run killed before it leaves the previous snapshot current. Iceberg commits one table
 at a time; a kill between two tables' commits leaves the statistics tables a run ahead of
-``images``. Registering is idempotent (a table whose current snapshot is already the run's is
-left alone), and the next run, before moving ``LATEST``, registers the run ``LATEST`` still
-names if the table lacks it (``catch_up``), so a run killed after moving ``LATEST`` still gets
-its snapshot, in order, before the next run's. A new column (a newer schema) is added to a
-table's schema before its files are registered.
+``images``. Registering is idempotent (a table whose history has a snapshot of the run is left
+alone: a retried publishing step commits once), and the next run, before moving ``LATEST``,
+registers the run ``LATEST`` still names if the table lacks it (``catch_up``), so a run killed
+after moving ``LATEST`` still gets its snapshot, in order, before the next run's. A new column
+(a newer schema) is added to a table's schema before its files are registered.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["LakeConfig", "catch_up", "lake_config", "register_run", "warm_up"]
+__all__ = ["LakeConfig", "catch_up", "lake_config", "register_run", "registered", "warm_up"]
 
 SNAPSHOT_RUN_ID = "coco-beam.run-id"
 _CATALOG_NAME = "coco_beam"
@@ -77,7 +77,7 @@ def _uri(path: str) -> str:
 
 def register_run(config: LakeConfig, manifest: dict, run_dir: str) -> dict:
     """Commits the run's files as new snapshots; returns ``{table: snapshot_id}`` of the tables
-    it committed to. A table whose current snapshot is already the run's gets no new one."""
+    it committed to. A table whose history has a snapshot of the run gets no new one."""
     catalog = _catalog(config)
     catalog.create_namespace_if_not_exists(config.namespace)
     run_id = manifest["run_id"]
@@ -137,8 +137,14 @@ def _catalog(config: LakeConfig):
     return load_catalog(_CATALOG_NAME, **props)
 
 
+def registered(table, run_id: str) -> bool:
+    """Whether any snapshot in the table's history is the run's: a run is committed once, even
+    when publishing is retried after its commit."""
+    return any(s.summary.get(SNAPSHOT_RUN_ID) == run_id for s in table.snapshots())
+
+
 def _commit(catalog, identifier: str, paths: list[str], run_id: str, by_split: bool) -> int | None:
-    """The id of the snapshot committed, or None where the current one is already the run's."""
+    """The id of the snapshot committed, or None where the table's history has the run's."""
     import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
@@ -149,8 +155,7 @@ def _commit(catalog, identifier: str, paths: list[str], run_id: str, by_split: b
     except NoSuchTableError:
         table = None
     else:
-        snapshot = table.current_snapshot()
-        if snapshot is not None and snapshot.summary.get(SNAPSHOT_RUN_ID) == run_id:
+        if registered(table, run_id):
             return None
     uris = [_uri(p) for p in paths]
     with FileSystems.open(paths[0], compression_type=CompressionTypes.UNCOMPRESSED) as f:
