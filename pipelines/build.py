@@ -2,9 +2,14 @@
 
 Composition only; every step is a transform of ``transforms/``::
 
-    ReadCocoAnnotations -> JoinAnnotationsToImages -> RasterizeMasks -> AssignShards
-        -> WriteShards (the only stage that reads image bytes; it also gathers the
-           statistics from the same decode) -> GatherStatistics -> PublishRun
+    ReadCocoAnnotations -> JoinAnnotationsToImages -> AssignShards
+        -> WriteShards (the only stage that reads image bytes; it rasterizes each image's
+           masks and decodes it in its decoder children, on every core, and gathers the
+           statistics from the same decode) -> GatherStatistics, FindNearDuplicates
+        -> PublishRun
+
+Before the shard shuffle runs only what has to see every record: parsing and checking the
+records, the join's duplicate, orphan and category checks, and the shard assignment.
 
 Image bytes never cross a shuffle: ids, paths, annotations and masks are grouped, and the
 bytes are read after the last shuffle, in the stage that writes them.
@@ -26,18 +31,26 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
     WorkerOptions,
 )
+from apache_beam.runners.runner import PipelineState
 
-from coco_beam.pipelines.layout import find_sources
+from coco_beam.pipelines.layout import describe_sources, find_sources
 from coco_beam.pipelines.options import BuildOptions
 from coco_beam.transforms.annotations.join import JoinAnnotationsToImages
 from coco_beam.transforms.annotations.read import ReadCocoAnnotations
-from coco_beam.transforms.images.rasterize import RasterizeMasks
-from coco_beam.transforms.runs.incremental import load_previous
+from coco_beam.transforms.runs.incremental import PreviousBuild, load_previous
 from coco_beam.transforms.runs.lake import lake_config
+from coco_beam.transforms.runs.lease import hold_lease
 from coco_beam.transforms.runs.publish import PublishConfig, PublishRun, library_versions
 from coco_beam.transforms.shards.assign import AssignShards
-from coco_beam.transforms.shards.write import DIGESTS, STATS, ShardWriterConfig, WriteShards
+from coco_beam.transforms.shards.write import (
+    DIGESTS,
+    PHASHES,
+    STATS,
+    ShardWriterConfig,
+    WriteShards,
+)
 from coco_beam.transforms.stats.gather import GatherStatistics
+from coco_beam.transforms.stats.near_duplicates import FindNearDuplicates
 
 __all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
 
@@ -79,9 +92,9 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     return BuildPlan(sources, ignored, options.output.rstrip("/"), new_run_id(now), now)
 
 
-def find_previous(options: BuildOptions, plan: BuildPlan) -> tuple[dict, object, object]:
-    """``(settings, previous, reusable)``: the run's settings, the output's last complete run
-    (or None) and that run again if this one rebuilds from it (None for a full build)."""
+def find_previous(options: BuildOptions, plan: BuildPlan) -> PreviousBuild:
+    """The run's settings, the output's last complete run (or None) and that run again if this
+    one rebuilds from it (None for a full build)."""
     settings = {
         "num_shards": options.num_shards,
         "shard_bytes": options.shard_bytes,
@@ -94,16 +107,18 @@ def find_previous(options: BuildOptions, plan: BuildPlan) -> tuple[dict, object,
         "tfrecord_masks": options.tfrecord_masks,
         "panoptic_semantic": options.panoptic_semantic,
     }
+    if "yolo" in options.formats:
+        settings["yolo_task"] = options.yolo_task
     previous = None
     if options.formats:
         previous, why = load_previous(plan.output, settings, library_versions())
         _LOGGER.info("previous run: %s", previous.run_id if previous else why)
     reusable = previous if previous is not None and not previous.why and not options.full else None
-    return settings, previous, reusable
+    return PreviousBuild(settings=settings, previous=previous, reusable=reusable)
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan, previous_run: tuple
+    pipeline: beam.Pipeline, options: BuildOptions, plan: BuildPlan, previous_run: PreviousBuild
 ):
     """Adds the build to ``pipeline``; returns the manifest PCollection. ``previous_run``:
     what ``find_previous`` said (the runner is chosen from it first)."""
@@ -113,11 +128,9 @@ def build_pipeline(
     joined = read | (
         "JoinAnnotationsToImages" >> JoinAnnotationsToImages(images_dirs, options.progress_dir)
     )
-    rasterized = joined.plans | "RasterizeMasks" >> RasterizeMasks()
-    assigned = rasterized.plans | "AssignShards" >> AssignShards(
+    assigned = joined.plans | "AssignShards" >> AssignShards(
         images_dirs, options.shard_bytes, options.num_shards, image_counts=read["image_counts"]
     )
-    settings, previous, reusable = previous_run
     lake = lake_config(
         plan.output,
         options.iceberg_catalog,
@@ -135,7 +148,8 @@ def build_pipeline(
         statistics=options.statistics,
         tfrecord_masks=options.tfrecord_masks,
         panoptic_semantic=options.panoptic_semantic,
-        previous=reusable,
+        yolo_task=options.yolo_task,
+        previous=previous_run.reusable,
         isolate_decoders=options.isolate_decoders,
         prepare=tuple(
             need
@@ -147,10 +161,10 @@ def build_pipeline(
         writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
     )
     gathered = (written[STATS], written[DIGESTS]) | "GatherStatistics" >> GatherStatistics()
+    near_duplicates = written[PHASHES] | "FindNearDuplicates" >> FindNearDuplicates()
     rejected = (
         read["rejected"],
         joined.rejected,
-        rasterized.rejected,
         written.rejected,
     ) | "AllRejected" >> beam.Flatten()
     counts = (
@@ -163,14 +177,16 @@ def build_pipeline(
         run_id=plan.run_id,
         temp_dir=plan.temp_dir,
         max_rejected_fraction=options.max_rejected_fraction,
-        settings=settings,
-        sources=[dataclasses.asdict(s) for s in plan.sources]
-        + [{"path": p, "ignored": True} for p in plan.ignored],
+        settings=previous_run.settings,
+        sources=describe_sources(plan.sources, plan.ignored),
         started=plan.started,
         statistics=options.statistics,
-        previous=previous,
-        incremental=reusable is not None,
+        previous=previous_run.previous,
+        incremental=previous_run.reusable is not None,
         lake=lake,
+        max_shrink=options.max_shrink,
+        keep_runs=options.keep_runs,
+        leased=True,  # ``run`` holds the output's lease while the pipeline runs
     )
     return pipeline | "PublishRun" >> PublishRun(
         publish_config,
@@ -182,6 +198,7 @@ def build_pipeline(
         listed=assigned["listed"],
         stats=gathered["stats"],
         duplicates=gathered["duplicates"],
+        near_duplicates=near_duplicates,
     )
 
 
@@ -258,23 +275,37 @@ def run(argv=None, test_pipeline=None, *, statistics_only=False):
     if options.view_as(DirectOptions).direct_running_mode == "multi_threading":
         # Measured: 1 run in 4 of 3,200 images lost a few images between the shard writers and
         # the publishing step in this mode (the conservation check failed those runs, so
-        # nothing wrong was published); in_memory and multi_processing never did.
+        # nothing wrong was published); in_memory and multi_processing never did. The loss is
+        # Beam's, with Beam alone: docs/repro/beam_multi_threading_loss.py.
         raise ValueError(
             "--direct_running_mode=multi_threading is not supported: in that mode Beam's local "
-            "runner intermittently lost images in this pipeline; use in_memory (the default) "
-            "or multi_processing"
+            "runner loses elements (a race in apache_beam/runners/worker/data_plane.py: "
+            "TimeBasedBufferingClosableOutputStream is flushed by a timer thread while the "
+            "bundle's thread still writes, and what is written between its get() and _clear() "
+            "is dropped); use in_memory (the default) or multi_processing, or a runner with no "
+            "time-based flush (Flink, Spark, Prism, Dataflow)"
         )
     plan = plan_build(build_options)
-    previous_run = find_previous(build_options, plan)
-    if test_pipeline is not None:
-        pipeline = test_pipeline
-    else:
-        runner = None
-        if options.view_as(StandardOptions).runner is None:
-            runner = default_runner(options, argv, rebuilding=previous_run[2] is not None)
-        pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, build_options, plan, previous_run)
-    _LOGGER.info("run %s: %d annotation files -> %s", plan.run_id, len(plan.sources), plan.run_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
+    # One run at a time writes an output: the lease is held from before the output's last run
+    # is read until this run ends, published or failed (``transforms.runs.lease``).
+    with hold_lease(plan.output, plan.run_id, timeout=build_options.lease_timeout) as lease:
+        previous_run = find_previous(build_options, plan)
+        if test_pipeline is not None:
+            pipeline = test_pipeline
+        else:
+            runner = None
+            if options.view_as(StandardOptions).runner is None:
+                rebuilding = previous_run.reusable is not None
+                runner = default_runner(options, argv, rebuilding=rebuilding)
+            pipeline = beam.Pipeline(runner=runner, options=options)
+        build_pipeline(pipeline, build_options, plan, previous_run)
+        _LOGGER.info(
+            "run %s: %d annotation files -> %s", plan.run_id, len(plan.sources), plan.run_dir
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        if not PipelineState.is_terminal(result.state):
+            # The job outlives this launcher (a launch that does not wait): its publishing
+            # step releases the lease.
+            lease.detach()
     return result, plan

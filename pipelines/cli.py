@@ -135,7 +135,7 @@ def _build_help() -> str:
 
 # Failures raised inside a worker reach the launcher wrapped in the runner's own error; these
 # are the ones that speak to the user, and their message is what to print.
-_USER_ERRORS = ("RunFailed", "CocoFileError")
+_USER_ERRORS = ("RunFailed", "LeaseHeld", "CocoFileError")
 
 
 def _user_error(exc: BaseException) -> str | None:

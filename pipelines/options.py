@@ -12,8 +12,11 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from coco_beam.transforms.images.decode import DEFAULT_MAX_PIXELS
+from coco_beam.transforms.runs.lease import DEFAULT_LEASE_TIMEOUT
+from coco_beam.transforms.runs.volume import DEFAULT_MAX_SHRINK
+from coco_beam.transforms.shards.formats import FORMATS
 from coco_beam.transforms.shards.sharding import DEFAULT_SHARD_BYTES
-from coco_beam.transforms.shards.write import FORMATS
+from coco_beam.transforms.shards.yolo import TASKS
 
 __all__ = ["BuildOptions", "DEFAULT_MAX_REJECTED_FRACTION"]
 
@@ -59,7 +62,9 @@ class BuildOptions(PipelineOptions):
             dest="coco_root",
             default=None,
             help="A COCO dataset in the official layout: ROOT/annotations/<family>_<split>.json "
-            "and the images of each split in ROOT/<split>/. Local path or gs:// URL.",
+            "(or .json.gz) and the images of each split in ROOT/<split>/; panoptic PNGs in "
+            "ROOT/annotations/panoptic_<split>/ or ROOT/panoptic_<split>/. Local path or gs:// "
+            "URL.",
         )
         group.add_argument(
             "--annotations",
@@ -98,6 +103,16 @@ class BuildOptions(PipelineOptions):
             default=False,
             help="TFRecord: one PNG mask per instance in image/object/mask (off by default: "
             "masks dominate the size).",
+        )
+        group.add_argument(
+            "--yolo-task",
+            "--yolo_task",
+            dest="yolo_task",
+            choices=TASKS,
+            default="detect",
+            help="YOLO: the label lines written; detect (boxes, the default), segment (each "
+            "instance's mask outline as a polygon) or pose (boxes and keypoints, kpt_shape in "
+            "data.yaml).",
         )
         group.add_argument(
             "--panoptic-semantic",
@@ -216,6 +231,35 @@ class BuildOptions(PipelineOptions):
             type=_fraction,
             default=DEFAULT_MAX_REJECTED_FRACTION,
             help="Fail the run when more than this fraction of any record kind is rejected.",
+        )
+        group.add_argument(
+            "--max-shrink",
+            "--max_shrink",
+            dest="max_shrink",
+            type=_fraction,
+            default=DEFAULT_MAX_SHRINK,
+            help="Fail the run when, against the output's last run, a split disappears or its "
+            f"written images fall by more than this fraction (default {DEFAULT_MAX_SHRINK}), "
+            "or a category loses every instance; 1 allows anything.",
+        )
+        group.add_argument(
+            "--keep-runs",
+            "--keep_runs",
+            dest="keep_runs",
+            type=_positive_int,
+            default=None,
+            help="After publishing, delete the run folders older than the newest N complete "
+            "runs, and the lake table's snapshots of the deleted runs (default: keep all).",
+        )
+        group.add_argument(
+            "--lease-timeout",
+            "--lease_timeout",
+            dest="lease_timeout",
+            type=_positive_int,
+            default=DEFAULT_LEASE_TIMEOUT,
+            help="Seconds after which the lease of a run that stopped renewing it (a killed "
+            f"run) is taken over by the next (default {DEFAULT_LEASE_TIMEOUT}). One run at a "
+            "time writes an output: the others fail at once naming the holder.",
         )
         group.add_argument(
             "--progress-dir", dest="progress_dir", default=None, help=argparse.SUPPRESS

@@ -44,7 +44,10 @@ REJECTED = "rejected"
 COUNTS = "counts"
 
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_FILE_RE = re.compile(r"^(instances|person_keypoints|captions|image_info|panoptic)_(.+)\.json$")
+# A file may be gzipped (``instances_val2017.json.gz``): the reader decompresses as it streams.
+_FILE_RE = re.compile(
+    r"^(instances|person_keypoints|captions|image_info|panoptic)_(.+)\.json(?:\.gz)?$"
+)
 
 
 class Reason:
@@ -103,7 +106,7 @@ class AnnotationSource:
 
 
 def parse_annotation_file_name(name: str) -> tuple[str, str]:
-    """``instances_val2017.json`` -> ``("instances", "val2017")``.
+    """``instances_val2017.json`` (or ``.json.gz``) -> ``("instances", "val2017")``.
 
     A name outside COCO's convention is taken as an instances file whose split is its stem
     (``train.json`` -> ``("instances", "train")``), as exports of other tools are named.
@@ -112,7 +115,8 @@ def parse_annotation_file_name(name: str) -> tuple[str, str]:
     match = _FILE_RE.match(base)
     if match:
         return match.group(1), match.group(2)
-    stem = base[:-5] if base.endswith(".json") else base
+    stem = base.removesuffix(".gz")
+    stem = stem[:-5] if stem.endswith(".json") else base
     return "instances", stem
 
 
@@ -154,6 +158,9 @@ class ImagePlan:
     # The image's panoptic record: ``file_name``, ``path`` of the PNG, ``source``, and
     # ``segments`` (``id``, ``category_id``, ``iscrowd``, ``bbox``, ``area``); None without one.
     panoptic: dict | None = None
+    # Annotation id -> its polygon rings as the JSON has them, kept by the shard writer before it
+    # rasterizes them, only for YOLO ``segment`` labels; part of no row and no fingerprint.
+    polygons: dict | None = None
 
 
 @dataclasses.dataclass

@@ -11,9 +11,9 @@ plans named, written or rejected, in image id order:
   * ``width`` and ``height`` from the JSON, which the decoded image was checked against;
   * what decoding the image found (``decoded_width``, ``decoded_height``, ``sha256``,
     ``format``, ``mode``, ``exif_orientation``, ``flags``, ``num_bytes``) and its exact
-    per-channel pixel sums (``px_n``, ``px_sum``, ``px_sq``; null when statistics were off),
-    so an unchanged image is neither decoded nor
-    counted again;
+    per-channel pixel sums (``px_n``, ``px_sum``, ``px_sq``) and perceptual hash (``phash``:
+    ``transforms.images.phash.dct_hash``), all null when statistics were off, so an unchanged
+    image is neither decoded nor counted again;
   * ``panoptic_stats``: the statistics' view of its accepted panoptic record (JSON), null when
     it has none or it was rejected.
 
@@ -27,7 +27,8 @@ import pyarrow as pa
 
 __all__ = ["STATE_SCHEMA", "STATE_VERSION"]
 
-STATE_VERSION = 1
+# 2: rows hold ``phash``.
+STATE_VERSION = 2
 
 STATE_SCHEMA = pa.schema(
     [
@@ -50,6 +51,7 @@ STATE_SCHEMA = pa.schema(
         pa.field("px_sum", pa.list_(pa.int64(), 3)),
         pa.field("px_sq", pa.list_(pa.int64(), 3)),
         pa.field("panoptic_stats", pa.string()),
+        pa.field("phash", pa.string()),
     ],
     metadata={"coco_beam_state_version": str(STATE_VERSION)},
 )

@@ -1,12 +1,18 @@
 """End-to-end builds of synthetic COCO, read back with independent readers."""
 
+import glob
 import hashlib
+import json
 import os
 
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from coco_beam.pipelines import build
+from coco_beam.transforms.runtime.faults import FAULTS_DIR_ENV, FAULTS_ENV, InjectedFault
+from coco_beam.transforms.shards import write as write_shards
 
 from helpers import compare_with_source, read_rows, run_build, shard_files
 
@@ -108,24 +114,135 @@ def test_pandas_reads_the_shards(synth_build):
     assert len(frame) == 60 and frame["image_id"].is_unique
 
 
+def _build(*args: str) -> tuple[str, dict]:
+    """A build with the runner options given (``run_build`` always runs in-process)."""
+    _, plan = build.run(list(args))
+    with open(os.path.join(plan.run_dir, "manifest.json")) as f:
+        return plan.run_dir, json.load(f)
+
+
 def test_same_input_same_bytes_whatever_the_bundling(synth_root, synth_build, tmp_path):
+    """In-process with three decode threads (``synth_build``) against two worker processes
+    with one thread each: other bundles, other workers, other decode order; the same bytes."""
     _, first = synth_build
-    # Shards follow the data size when --num-shards is not given; fix it to compare.
-    _, again = run_build(
+    _, spread = _build(
         f"--coco-root={synth_root}",
-        f"--output={tmp_path}",
+        f"--output={tmp_path / 'spread'}",
         "--num-shards=2",
         "--io-threads=1",
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+    )
+    assert len(spread["shards"]) == 6
+    assert [(s["path"], s["sha256"]) for s in spread["shards"]] == [
+        (s["path"], s["sha256"]) for s in first["shards"]
+    ]
+    assert spread["stats"]["sha256"] == first["stats"]["sha256"]
+    assert spread["counts"] == first["counts"]
+    # Row groups of another size: other bytes, the same shards and rows.
+    _, regrouped = run_build(
+        f"--coco-root={synth_root}",
+        f"--output={tmp_path / 'regrouped'}",
+        "--num-shards=2",
         "--row-group-bytes=1048576",
     )
-    assert [s["sha256"] for s in again["shards"]] != [] and [
-        (s["path"], s["rows"]) for s in again["shards"]
-    ] == [(s["path"], s["rows"]) for s in first["shards"]]
-    # Row groups differ in size, so bytes may differ; with the same settings they must not.
-    _, same = run_build(
-        f"--coco-root={synth_root}", f"--output={tmp_path}", "--num-shards=2", "--io-threads=3"
-    )
-    assert [s["sha256"] for s in same["shards"]] == [s["sha256"] for s in first["shards"]]
+    assert [(s["path"], s["rows"]) for s in regrouped["shards"]] == [
+        (s["path"], s["rows"]) for s in first["shards"]
+    ]
+
+
+def _published_once(out: str) -> tuple[str, dict]:
+    """The one run of ``out`` that has a manifest, checked: LATEST names it; its folder holds
+    exactly the shards and states the manifest lists, with their sizes and digests, and no
+    temporary file."""
+    [manifest_path] = glob.glob(os.path.join(out, "runs", "*", "manifest.json"))
+    run_dir = os.path.dirname(manifest_path)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    with open(os.path.join(out, "LATEST")) as f:
+        assert f.read().strip() == manifest["run_id"] == os.path.basename(run_dir)
+    for shard in manifest["shards"]:
+        path = os.path.join(run_dir, shard["path"])
+        assert (os.path.getsize(path), _sha256(path)) == (shard["bytes"], shard["sha256"])
+    listed = {s["path"] for s in manifest["shards"]} | {s["state"] for s in manifest["shards"]}
+    found = {
+        os.path.relpath(os.path.join(folder, name), run_dir)
+        for sub in ("data", "state")
+        for folder, _, names in os.walk(os.path.join(run_dir, sub))
+        for name in names
+    }
+    assert found == listed, "stray files"
+    assert not os.path.exists(os.path.join(run_dir, ".tmp"))
+    return run_dir, manifest
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _assert_like_reference(manifest: dict, reference: dict) -> None:
+    assert [(s["path"], s["sha256"]) for s in manifest["shards"]] == [
+        (s["path"], s["sha256"]) for s in reference["shards"]
+    ]
+    assert manifest["stats"]["sha256"] == reference["stats"]["sha256"]
+    assert manifest["counts"] == reference["counts"]
+    for kind, count in manifest["counts"].items():
+        assert count["read"] == count["written"] + count["rejected"], kind
+
+
+@pytest.fixture()
+def write_fault(monkeypatch, tmp_path):
+    """The writer fails once, halfway through shard 0 of train2017."""
+    fired = tmp_path / "faults"
+    monkeypatch.setenv(FAULTS_ENV, "write:train2017-00000")
+    monkeypatch.setenv(FAULTS_DIR_ENV, str(fired))
+    return fired
+
+
+def test_a_shard_retried_after_a_fault_is_published_once(
+    synth_root, synth_build, tmp_path, monkeypatch, write_fault
+):
+    """A retrying runner, simulated (local runners do not retry a bundle): the writer fails
+    halfway through a shard, leaving a partial temporary file; the bundle's outputs are thrown
+    away and it runs again. The run publishes once, with the bytes of an undisturbed build."""
+    original = write_shards._WriteShardFn.process
+    failed = []
+
+    def retried(self, element, num_shards, categories):
+        try:
+            outputs = list(original(self, element, num_shards, categories))
+        except InjectedFault:
+            failed.append(element[0])
+            outputs = list(original(self, element, num_shards, categories))
+        yield from outputs
+
+    monkeypatch.setattr(write_shards._WriteShardFn, "process", retried)
+    out = str(tmp_path / "out")
+    run_build(f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2")
+    assert failed == [("train2017", 0)]
+    _, manifest = _published_once(out)
+    _assert_like_reference(manifest, synth_build[1])
+
+
+def test_a_build_that_failed_in_a_worker_is_rerun_into_the_same_output(
+    synth_root, synth_build, tmp_path, write_fault
+):
+    """The fault fires in a worker process and fails the build: nothing is published. The same
+    build run again into the same output passes the fault (it fired once) and publishes once,
+    with the bytes of an undisturbed build; the failed run is left unpublished."""
+    out = str(tmp_path / "out")
+    args = [f"--coco-root={synth_root}", f"--output={out}", "--num-shards=2"]
+    with pytest.raises(Exception, match="injected fault at write:train2017-00000"):
+        _build(*args, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    assert os.listdir(write_fault) == ["write_train2017-00000.fired"]
+    assert not os.path.exists(os.path.join(out, "LATEST"))
+    [failed_run] = glob.glob(os.path.join(out, "runs", "*"))
+    assert glob.glob(os.path.join(failed_run, ".tmp", "train2017-00000-of-00002.parquet.*"))
+    run_dir, manifest = run_build(*args)
+    assert _published_once(out) == (run_dir, manifest)
+    assert run_dir != failed_run
+    _assert_like_reference(manifest, synth_build[1])
 
 
 def test_explicit_annotation_files(synth_root, tmp_path):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from coco_beam.schemas.errors import RecordError
 from coco_beam.schemas.records import Reason
-from coco_beam.transforms.annotations.coco_json import safe_relative_path
+from coco_beam.transforms.annotations.checks import safe_relative_path
 from coco_beam.transforms.images.decode import FLAG_EXIF_SWAPPED, inspect_image
 
 

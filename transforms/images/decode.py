@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from coco_beam.schemas.errors import RecordError
 from coco_beam.schemas.records import Reason
+from coco_beam.transforms.images.phash import dct_hash
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -59,6 +60,10 @@ class ImageFacts:
     flags: tuple[str, ...]
     # ``pixel_sums`` of the decoded pixels: (pixels, [sum R, G, B], [sum of squares R, G, B])
     pixel_sums: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
+    # ``images.thumbnails.Thumbnails`` made from the decoded pixels when asked; else None.
+    thumbnails: object = dataclasses.field(default=None, compare=False, repr=False)
+    # ``phash.dct_hash`` of the decoded pixels (16 hex digits), made with ``pixel_sums``.
+    phash: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -68,8 +73,9 @@ def is_not_found(exc: BaseException) -> bool:
     return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
 
 
-def _decode(data: bytes, max_pixels: int, histogram: bool):
-    """Opens with the allowlist, checks the header, decodes every pixel once."""
+def _decode(data: bytes, max_pixels: int, histogram: bool, thumbnail=None):
+    """Opens with the allowlist, checks the header, decodes every pixel once (and makes what
+    ``thumbnail`` asks of them)."""
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
@@ -87,12 +93,18 @@ def _decode(data: bytes, max_pixels: int, histogram: bool):
         if image.mode not in _SUPPORTED_MODES:
             raise RecordError(Reason.UNSUPPORTED_MODE, f"mode {image.mode} is not supported")
         image.load()
+        fmt, orientation = image.format.lower(), image.getexif().get(_EXIF_ORIENTATION)
+        thumbs = None
+        if thumbnail is not None:
+            thumbs = thumbnail.make(image, fmt=fmt, orientation=orientation)
         return (
-            image.format.lower(),
+            fmt,
             image.mode,
             image.size,
-            image.getexif().get(_EXIF_ORIENTATION),
+            orientation,
             pixel_sums(rgb_histogram(image)) if histogram else None,
+            thumbs,
+            dct_hash(image) if histogram else None,
         )
 
 
@@ -124,9 +136,12 @@ def inspect_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     histogram: bool = True,
+    thumbnail=None,
 ) -> ImageFacts:
     """Decodes ``data`` once and checks it against the JSON's ``width`` and ``height``;
-    ``histogram``: also count its pixels (``pixel_sums`` is None otherwise).
+    ``histogram``: also count its pixels and hash them (``pixel_sums`` and ``phash`` are None
+    otherwise); ``thumbnail``: an
+    ``images.thumbnails.ThumbnailRequest``, made from the same decode (``thumbnails``).
 
     Raises ``RecordError`` with one of image_corrupt, image_truncated, image_too_large,
     format_not_allowed, unsupported_mode, dims_mismatch.
@@ -137,7 +152,9 @@ def inspect_image(
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            fmt, mode, size, orientation, histogram = _decode(data, max_pixels, histogram)
+            fmt, mode, size, orientation, histogram, thumbs, phash = _decode(
+                data, max_pixels, histogram, thumbnail
+            )
         except RecordError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -158,4 +175,15 @@ def inspect_image(
             )
     if not isinstance(orientation, int) or not 1 <= orientation <= 8:
         orientation = None
-    return ImageFacts(digest, fmt, mode, size[0], size[1], orientation, flags, histogram)
+    return ImageFacts(
+        digest,
+        fmt,
+        mode,
+        size[0],
+        size[1],
+        orientation,
+        flags,
+        histogram,
+        thumbnails=thumbs,
+        phash=phash,
+    )

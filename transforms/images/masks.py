@@ -1,25 +1,53 @@
-"""Pure core: one COCO segmentation to one compressed RLE, validated before C code sees it.
+"""Pure core: one COCO segmentation to one compressed RLE, validated before C code sees it, and
+every pending segmentation of one image's plan rasterized (``rasterize_plan``).
 
-Guarantee: for every segmentation ``to_rle`` accepts, ``pycocotools.mask.decode`` of its result
-equals ``COCO.annToMask`` of that annotation pixel for pixel (the same ``frPyObjects`` and
-``merge`` calls ``annToRLE`` makes). What it does not accept raises ``RecordError`` with a
-reason code, checked in Python first, so the C code never reads past a buffer or divides by
-zero on hostile input.
+Nothing here imports Beam: the shard writer's decoder children rasterize an image's masks in
+the same call as its decode. Guarantee: for every segmentation ``to_rle`` accepts,
+``pycocotools.mask.decode`` of its result equals ``COCO.annToMask`` of that annotation pixel
+for pixel (the same ``frPyObjects`` and ``merge`` calls ``annToRLE`` makes). What it does not
+accept raises ``RecordError`` with a reason code, checked in Python first, so the C code never
+reads past a buffer or divides by zero on hostile input.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from array import array
 
 from pycocotools import mask as mask_utils
 
 from coco_beam.schemas.errors import RecordError
-from coco_beam.schemas.records import Reason
-from coco_beam.transforms.annotations.coco_json import finite_numbers
+from coco_beam.schemas.records import ImagePlan, Reason, Rejection
+from coco_beam.transforms.annotations.checks import finite_numbers
 
-__all__ = ["FLAG_RING_DROPPED", "decode_rle_counts", "pack_polygons", "to_rle"]
+__all__ = [
+    "FLAG_AREA_FROM_MASK",
+    "FLAG_BBOX_OUTSIDE",
+    "FLAG_BBOX_ZERO",
+    "FLAG_CROWD_MISMATCH",
+    "FLAG_NUM_KEYPOINTS_MISMATCH",
+    "FLAG_RING_DROPPED",
+    "decode_rle_counts",
+    "pack_polygons",
+    "pending_masks",
+    "polygon_rings",
+    "rasterize_annotations",
+    "rasterize_plan",
+    "to_rle",
+]
 
 FLAG_RING_DROPPED = "degenerate_ring_dropped"
+FLAG_BBOX_ZERO = "bbox_zero_size"
+FLAG_BBOX_OUTSIDE = "bbox_outside_image"
+FLAG_AREA_FROM_MASK = "area_from_mask"
+# ``iscrowd`` says 1 with polygons, or 0 with RLE: the mask follows the segmentation's type.
+FLAG_CROWD_MISMATCH = "iscrowd_mismatch"
+# ``num_keypoints`` unlike the count of keypoints with a visibility above 0: kept as given.
+FLAG_NUM_KEYPOINTS_MISMATCH = "num_keypoints_mismatch"
+# Sub-pixel slack: COCO's boxes come from float polygon extents and often end a hair past
+# the edge (x + w = 640.01 on a 640-wide image).
+_EDGE_SLACK = 1.0
 
 
 def pack_polygons(segmentation):
@@ -142,3 +170,93 @@ def to_rle(segmentation, height: int, width: int) -> tuple[dict, list[str]]:
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}, flags
+
+
+def _bbox_flags(bbox: list[float], width: int, height: int) -> list[str]:
+    x, y, w, h = bbox
+    flags = []
+    if w == 0 or h == 0:
+        flags.append(FLAG_BBOX_ZERO)
+    if (
+        x < -_EDGE_SLACK
+        or y < -_EDGE_SLACK
+        or x + w > width + _EDGE_SLACK
+        or (y + h > height + _EDGE_SLACK)
+    ):
+        flags.append(FLAG_BBOX_OUTSIDE)
+    return flags
+
+
+def _unpacked(segmentation):
+    """The segmentation as the JSON had it (``pack_polygons`` undone), for payload digests."""
+    if isinstance(segmentation, list):
+        return [list(r) if isinstance(r, array) else r for r in segmentation]
+    return segmentation
+
+
+def polygon_rings(plan: ImagePlan) -> dict:
+    """Annotation id -> the rings of each pending polygon segmentation of ``plan`` (the same
+    ring objects, packed or not): what rasterizing is about to drop."""
+    return {
+        ann["id"]: list(ann["segmentation"])
+        for ann in plan.annotations
+        if isinstance(ann.get("segmentation"), list)
+    }
+
+
+def pending_masks(plan: ImagePlan) -> bool:
+    """Whether any annotation of ``plan`` still holds its raw ``segmentation``."""
+    return any("segmentation" in ann for ann in plan.annotations)
+
+
+def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
+    """Replaces each annotation's ``segmentation`` by ``rle``; rejects what cannot be rasterized.
+    An annotation rasterized already (``rle``, no ``segmentation``) is kept as it is, so a plan
+    may go through here twice."""
+    kept, rejections = [], []
+    for ann in plan.annotations:
+        if "segmentation" not in ann:
+            kept.append(ann)
+            continue
+        seg = ann.pop("segmentation")
+        try:
+            rle, flags = to_rle(seg, plan.height, plan.width)
+        except RecordError as exc:
+            digest = hashlib.sha256(json.dumps(_unpacked(seg), default=str).encode()).hexdigest()
+            rejections.append(
+                Rejection(
+                    kind="annotation",
+                    key=str(ann["id"]),
+                    reason=exc.reason,
+                    error_type=type(exc).__name__,
+                    message=str(exc)[:200],
+                    source=plan.source,
+                    split=plan.split,
+                    payload_sha256=digest,
+                )
+            )
+            continue
+        ann["rle"] = rle
+        if ann["area"] is None:
+            ann["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"]}))
+            flags = [*flags, FLAG_AREA_FROM_MASK]
+        if ann["iscrowd"] != isinstance(seg, dict):
+            flags = [*flags, FLAG_CROWD_MISMATCH]
+        keypoints = ann.get("keypoints")
+        if keypoints is not None and ann["num_keypoints"] != sum(
+            1 for v in keypoints[2::3] if v > 0
+        ):
+            flags = [*flags, FLAG_NUM_KEYPOINTS_MISMATCH]
+        ann["flags"] = (
+            ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width, plan.height)
+        )
+        kept.append(ann)
+    plan.annotations = kept
+    return plan, rejections
+
+
+def rasterize_annotations(plan: ImagePlan) -> tuple[list, list[Rejection]]:
+    """``rasterize_plan``, giving back only what it changes: the plan's annotations and the
+    rejected ones (what a decoder child hands back, rather than the whole plan)."""
+    plan, rejections = rasterize_plan(plan)
+    return plan.annotations, rejections

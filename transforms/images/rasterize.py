@@ -1,108 +1,44 @@
 """``RasterizeMasks``: every instance's segmentation becomes one compressed RLE.
 
-Runs on batches of ``ImagePlan``s (no image bytes: the mask needs only the JSON's size), so it
-spreads over all workers before the shard shuffle and the shard writers do no mask work.
+Runs on batches of ``ImagePlan``s (no image bytes: the mask needs only the JSON's size). The
+build does not use it: there the shard writer rasterizes each image's masks in its decoder
+children, in the same call as the image's decode, on every core and after the shuffle
+(``shards.load``). It stays for pipelines that want rasterized plans on their own; the writer
+takes those as they are (``masks.rasterize_plan`` leaves a rasterized annotation alone). The
+pure core is ``images.masks``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from array import array
-
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from pycocotools import mask as mask_utils
+from apache_beam.typehints import Union
 
-from coco_beam.schemas.errors import RecordError
-from coco_beam.schemas.records import REJECTED, ImagePlan, PlanBatch, Rejection
-from coco_beam.transforms.images.masks import to_rle
+from coco_beam.schemas.records import REJECTED, PlanBatch, Rejection
+from coco_beam.transforms.images.masks import (
+    FLAG_AREA_FROM_MASK,
+    FLAG_BBOX_OUTSIDE,
+    FLAG_BBOX_ZERO,
+    FLAG_CROWD_MISMATCH,
+    FLAG_NUM_KEYPOINTS_MISMATCH,
+    rasterize_plan,
+)
 
 __all__ = [
-    "FLAG_AREA_FROM_MASK",
+    "FLAG_AREA_FROM_MASK",  # re-exported from ``images.masks``, as the flags below
     "FLAG_BBOX_OUTSIDE",
     "FLAG_BBOX_ZERO",
     "FLAG_CROWD_MISMATCH",
     "FLAG_NUM_KEYPOINTS_MISMATCH",
     "RasterizeMasks",
-    "rasterize_plan",
+    "rasterize_plan",  # re-exported: the pure core, one plan at a time
 ]
 
-FLAG_BBOX_ZERO = "bbox_zero_size"
-FLAG_BBOX_OUTSIDE = "bbox_outside_image"
-FLAG_AREA_FROM_MASK = "area_from_mask"
-# ``iscrowd`` says 1 with polygons, or 0 with RLE: the mask follows the segmentation's type.
-FLAG_CROWD_MISMATCH = "iscrowd_mismatch"
-# ``num_keypoints`` unlike the count of keypoints with a visibility above 0: kept as given.
-FLAG_NUM_KEYPOINTS_MISMATCH = "num_keypoints_mismatch"
-# Sub-pixel slack: COCO's boxes come from float polygon extents and often end a hair past
-# the edge (x + w = 640.01 on a 640-wide image).
-_EDGE_SLACK = 1.0
 
-
-def _bbox_flags(bbox: list[float], width: int, height: int) -> list[str]:
-    x, y, w, h = bbox
-    flags = []
-    if w == 0 or h == 0:
-        flags.append(FLAG_BBOX_ZERO)
-    if (
-        x < -_EDGE_SLACK
-        or y < -_EDGE_SLACK
-        or x + w > width + _EDGE_SLACK
-        or (y + h > height + _EDGE_SLACK)
-    ):
-        flags.append(FLAG_BBOX_OUTSIDE)
-    return flags
-
-
-def _unpacked(segmentation):
-    """The segmentation as the JSON had it (``pack_polygons`` undone), for payload digests."""
-    if isinstance(segmentation, list):
-        return [list(r) if isinstance(r, array) else r for r in segmentation]
-    return segmentation
-
-
-def rasterize_plan(plan: ImagePlan) -> tuple[ImagePlan, list[Rejection]]:
-    """Replaces each annotation's ``segmentation`` by ``rle``; rejects what cannot be rasterized."""
-    kept, rejections = [], []
-    for ann in plan.annotations:
-        seg = ann.pop("segmentation")
-        try:
-            rle, flags = to_rle(seg, plan.height, plan.width)
-        except RecordError as exc:
-            digest = hashlib.sha256(json.dumps(_unpacked(seg), default=str).encode()).hexdigest()
-            rejections.append(
-                Rejection(
-                    kind="annotation",
-                    key=str(ann["id"]),
-                    reason=exc.reason,
-                    error_type=type(exc).__name__,
-                    message=str(exc)[:200],
-                    source=plan.source,
-                    split=plan.split,
-                    payload_sha256=digest,
-                )
-            )
-            continue
-        ann["rle"] = rle
-        if ann["area"] is None:
-            ann["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"]}))
-            flags = [*flags, FLAG_AREA_FROM_MASK]
-        if ann["iscrowd"] != isinstance(seg, dict):
-            flags = [*flags, FLAG_CROWD_MISMATCH]
-        keypoints = ann.get("keypoints")
-        if keypoints is not None and ann["num_keypoints"] != sum(
-            1 for v in keypoints[2::3] if v > 0
-        ):
-            flags = [*flags, FLAG_NUM_KEYPOINTS_MISMATCH]
-        ann["flags"] = (
-            ann.get("flags", []) + flags + _bbox_flags(ann["bbox"], plan.width, plan.height)
-        )
-        kept.append(ann)
-    plan.annotations = kept
-    return plan, rejections
-
-
+@beam.typehints.with_input_types(PlanBatch)
+# Beam's --runtime_type_check holds every output, tagged ones too, to the main output's type:
+# that type is the union of both, and ``RasterizeMasks`` gives the main output its own.
+@beam.typehints.with_output_types(Union[PlanBatch, Rejection], **{REJECTED: Rejection})
 class _RasterizeFn(beam.DoFn):
     """Metrics (namespace ``coco_beam``): ``masks_rasterized``, ``masks_rejected``."""
 
@@ -126,6 +62,8 @@ class RasterizeMasks(beam.PTransform):
     annotations (degenerate or odd polygons, broken RLE) with their reason."""
 
     def expand(self, plans):
-        return plans | "PolygonsToRle" >> beam.ParDo(_RasterizeFn()).with_outputs(
+        rasterized = plans | "PolygonsToRle" >> beam.ParDo(_RasterizeFn()).with_outputs(
             REJECTED, main="plans"
         )
+        rasterized.plans.element_type = PlanBatch
+        return rasterized

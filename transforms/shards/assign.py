@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from coco_beam.transforms.runtime.packing import pack
 from coco_beam.transforms.shards.sharding import num_shards_for, shard_index
 
-__all__ = ["AssignShards", "list_folder"]
+__all__ = ["AssignShards", "key_by_shard", "list_folder"]
 
 
 def list_folder(split: str, images_dir: str):
@@ -32,7 +32,7 @@ def _shard_counts(kv, listings, shard_bytes, fixed):
     return split, num_shards_for(estimate, num_images, shard_bytes, fixed)
 
 
-def _key_by_shard(batch, num_shards):
+def key_by_shard(batch, num_shards):
     """``((split, shard), plans)`` for every shard the batch's plans fall in; bucket 0 of a
     split (always present) also names every other shard of the split, with no plans, so an
     empty shard is still written and the ``-of-NNNNN`` names hold."""
@@ -87,7 +87,7 @@ class AssignShards(beam.PTransform):
             )
         )
         keyed = plans | "KeyByShard" >> beam.FlatMap(
-            _key_by_shard, num_shards=beam.pvalue.AsDict(num_shards)
+            key_by_shard, num_shards=beam.pvalue.AsDict(num_shards)
         )
         return {
             "keyed": keyed,

@@ -9,8 +9,6 @@ statistics only on small scalar columns.
 
 from __future__ import annotations
 
-import hashlib
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -21,6 +19,7 @@ from coco_beam.schemas.records import ImagePlan, ShardFile
 from coco_beam.transforms.images.decode import ImageFacts
 from coco_beam.transforms.images.panoptic import PanopticFacts
 from coco_beam.transforms.images.png import grey_png
+from coco_beam.transforms.shards.hashing import HashingFile
 
 __all__ = ["ParquetFile", "build_row"]
 
@@ -96,28 +95,6 @@ def build_row(
     }
 
 
-class _HashingStream:
-    """A write-only stream that hashes and counts what passes through it."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-        self.num_bytes = 0
-        self.closed = False
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.num_bytes += len(data)
-        self._raw.write(data)
-        return len(data)
-
-    def flush(self):
-        self._raw.flush()
-
-    def close(self):
-        self.closed = True
-
-
 class ParquetFile:
     """One Parquet shard being written: rows in, a ``ShardFile`` out."""
 
@@ -133,7 +110,7 @@ class ParquetFile:
         self._semantic = semantic
         self._temp_path = temp_path
         self._raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
-        self._stream = _HashingStream(self._raw)
+        self._stream = HashingFile(self._raw)
         self._writer = pq.ParquetWriter(
             self._stream,
             schema,

@@ -20,8 +20,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -33,6 +31,7 @@ from coco_beam.transforms.images.decode import ImageFacts
 from coco_beam.transforms.images.masks import decode_rle_counts
 from coco_beam.transforms.images.panoptic import PanopticFacts
 from coco_beam.transforms.images.png import grey_png, png_from_rows
+from coco_beam.transforms.shards.hashing import HashingFile
 
 __all__ = ["TFRecordFile", "build_example", "mask_png", "mask_rows"]
 
@@ -165,20 +164,6 @@ def split_keypoint_names(categories: dict[int, dict]) -> list[str] | None:
     return None
 
 
-class _HashingFile:
-    """Write-through to a Beam file that counts and hashes the bytes."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-        self.num_bytes = 0
-
-    def write(self, data: bytes) -> None:
-        self.sha256.update(data)
-        self.num_bytes += len(data)
-        self._raw.write(data)
-
-
 class TFRecordFile:
     """One TFRecord shard being written: rows in, a ``ShardFile`` out."""
 
@@ -188,7 +173,7 @@ class TFRecordFile:
         self._masks = masks
         self._keypoint_names = split_keypoint_names(categories)
         self._raw = FileSystems.create(temp_path, compression_type=CompressionTypes.UNCOMPRESSED)
-        self._file = _HashingFile(self._raw)
+        self._file = HashingFile(self._raw)
 
     def add(
         self, plan: ImagePlan, data: bytes, facts: ImageFacts, panoptic: PanopticFacts | None
