@@ -272,6 +272,7 @@ class _WriteShardFn(beam.DoFn):
             known=known,
             isolated=self._isolated,
         )
+        tally.examples.preselect(shard.plans)
         for plan in shard.plans:
             ask = tally.examples.request(plan, expected_format=expected_format(plan.file_name))
             if ask is None:
@@ -305,6 +306,8 @@ class _WriteShardFn(beam.DoFn):
         # Which images could be the report's examples is then asked here, in this thread and
         # in image order as reads are queued (it needs the masks); only those get a
         # thumbnail from their decode.
+        if self._config.statistics:
+            tally.examples.preselect(shard.plans)
         prepared = in_order(self._pool, load.prepare, shard.plans, window)
         asks = (
             (p, tally.examples.request(p, expected_format=expected_format(p.file_name)), ready)
