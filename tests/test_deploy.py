@@ -56,7 +56,13 @@ def test_dockerfile_copies_only_what_the_repository_has():
 def test_template_parameters_are_options_the_build_accepts():
     metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
     known = BuildOptions(["--coco_root=x"]).view_as(BuildOptions).get_all_options()
-    samples = {"tfrecord_masks": None, "formats": "parquet,tfrecord", "num_shards": "4"}
+    samples = {
+        "tfrecord_masks": None,
+        "formats": "parquet,tfrecord",
+        "num_shards": "4",
+        "keep_runs": "3",
+        "max_shrink": "0.5",
+    }
     for param in metadata["parameters"]:
         name = param["name"]
         assert name in known, f"template parameter {name} is not a build option"
@@ -120,9 +126,10 @@ def _assigned(path: pathlib.Path, name: str):
 def test_scheduled_runs_pass_only_options_the_build_accepts():
     dag = DEPLOY / "schedule" / "coco_beam_dag.py"
     build, dataflow = _assigned(dag, "BUILD"), _assigned(dag, "DATAFLOW")
-    ours = {"coco_root", "output", "formats"}
+    ours = {"coco_root", "output", "formats", "keep_runs"}
     assert set(build) == ours
     parsed = PipelineOptions([f"--{k}={build[k]}" for k in sorted(ours)]).view_as(BuildOptions)
+    assert parsed.keep_runs == build["keep_runs"]
     assert parsed.formats == ["parquet", "tfrecord"]
     flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in dataflow.items()]
     assert all(_recognized(flag) for flag in flags), flags
@@ -130,7 +137,9 @@ def test_scheduled_runs_pass_only_options_the_build_accepts():
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     (params,) = [a for a in container["args"] if a.startswith("--parameters=")]
     pairs = dict(p.split("=", 1) for p in params.split("^~^", 1)[1].split("~"))
-    assert {"coco_root", "output", "formats"} <= set(pairs)
+    assert {"coco_root", "output", "formats", "keep_runs"} <= set(pairs)
+    # The nightly jobs bound their storage.
+    assert int(pairs["keep_runs"]) >= 1 and int(build["keep_runs"]) >= 1
 
 
 _AIRFLOW_PACKAGES = [

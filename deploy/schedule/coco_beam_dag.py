@@ -30,6 +30,8 @@ BUILD = {
     "coco_root": "gs://DATA/coco",
     "output": "gs://DATA/coco-shards",
     "formats": "parquet,tfrecord",
+    # Storage stays bounded: only the newest three runs are kept.
+    "keep_runs": 3,
 }
 # Where it runs: Dataflow, workers from the coco-beam image, a least-privilege service account.
 DATAFLOW = {
