@@ -193,9 +193,9 @@ def test_a_record_lost_inside_the_pipeline_fails_the_run_before_publishing(
 ):
     """Conservation is checked by the pipeline itself: a writer that loses one annotation (a
     bug, simulated) fails the run naming the kind, and nothing is published."""
-    from coco_beam.transforms.shards import write as write_shards
+    from coco_beam.transforms.shards import accounting
 
-    original = write_shards._Accumulator.add
+    original = accounting.ShardTally.add
     lost = []
 
     def lossy(self, plan, *args):
@@ -204,7 +204,7 @@ def test_a_record_lost_inside_the_pipeline_fails_the_run_before_publishing(
             lost.append(plan.image_id)
             self.written["annotation"] -= 1
 
-    monkeypatch.setattr(write_shards._Accumulator, "add", lossy)
+    monkeypatch.setattr(accounting.ShardTally, "add", lossy)
     out = tmp_path / "out"
     with pytest.raises(Exception, match=r"lost or invented.*annotation"):
         run([f"--coco-root={synth_root}", f"--output={out}", "--num-shards=1", *IN_MEMORY])

@@ -117,14 +117,14 @@ def _plan():
 def test_transient_storage_errors_are_raised_for_the_runner_to_retry(exc):
     """Never a rejection: the bundle fails and the runner retries it (a 503 proxy in front of a
     real GCS server shows the retries end to end, in test_gcs)."""
-    from coco_beam.transforms.shards.write import load_image
+    from coco_beam.transforms.shards.load import load_image
 
     with pytest.raises(type(exc)):
         load_image(_plan(), 10**6, filesystem=_FlakyFilesystem(exc))
 
 
 def test_a_missing_file_is_a_permanent_rejection():
-    from coco_beam.transforms.shards.write import load_image
+    from coco_beam.transforms.shards.load import load_image
 
     for exc in (FileNotFoundError("gone"), NotFound("no such object")):
         rejected = load_image(_plan(), 10**6, filesystem=_FlakyFilesystem(exc))

@@ -49,7 +49,7 @@ from coco_beam.transforms.shards.accounting import (
 )
 from coco_beam.transforms.shards.config import ShardWriterConfig
 from coco_beam.transforms.shards.formats import REGISTRY, open_file
-from coco_beam.transforms.shards.load import ImageLoader, expected_format, in_order, load_image
+from coco_beam.transforms.shards.load import ImageLoader, expected_format, in_order
 from coco_beam.transforms.shards.reuse import link_previous, reusable_fingerprint
 from coco_beam.transforms.shards.sharding import shard_name
 
@@ -59,23 +59,19 @@ __all__ = [
     "STATS",
     "ShardWriterConfig",  # re-exported: the transform's settings
     "WriteShards",
-    "load_image",  # re-exported: one image's read and decode, as the writer does it
 ]
 
 # Side outputs: ``(split, statistics accumulator)`` per shard (see ``transforms.stats.gather``), and
 # ``(sha256 prefix, packed [(sha256, split, image_id), ...])`` to find identical images.
 STATS = "stats"
 DIGESTS = "digests"
-# ``(split, packed [(split, image_id, perceptual hash), ...])`` per shard, to find near-duplicate
-# images (``transforms.stats.near_duplicates``).
+# ``(split, packed [(split, image_id, perceptual hash, source path), ...])`` per shard, to find
+# near-duplicate images (``transforms.stats.near_duplicates``).
 PHASHES = "phashes"
 
 # What the shard's state file is called among its formats, in its temporary path.
 _STATE = "state"
 _STATE_EXTENSION = "state.parquet"
-
-# The shard accounting's former name, which callers may still patch.
-_Accumulator = ShardTally
 
 # ``((split, shard index), packed [plan, ...])``: ``AssignShards``' output; then grouped by shard.
 _KeyedPlans = Tuple[Tuple[str, int], bytes]
