@@ -1,13 +1,21 @@
 """Builds from gs:// to gs:// against a real GCS emulator server on loopback."""
 
+import contextlib
 import glob
 import hashlib
+import http.client
+import http.server
+import itertools
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -105,19 +113,21 @@ def test_build_from_gcs_to_gcs_equals_local(gcs_input, synth_build, tmp_path):
     assert not list(client.list_blobs("coco-out", prefix=f"stats/runs/{plan.run_id}/data/"))
 
 
-class _FlakyProxy:
-    """An HTTP proxy in front of the emulator that answers 503 to every ``every``-th request
-    of the methods named, and forwards the rest: transient server errors, on purpose."""
+class _Proxy:
+    """An HTTP proxy on loopback in front of the emulator. ``answer(method, path, body)`` may
+    answer a request itself, as ``(status, body)``; every other request is forwarded. Under
+    ``serial``, requests are answered and forwarded one at a time."""
 
-    def __init__(self, upstream_port: int, every: int, methods=("GET",)):
-        import http.client
-        import http.server
-        import threading
-
-        self.failed = 0
-        count = {"n": 0}
+    def __init__(self, upstream_port: int, answer, *, serial: bool = False):
         lock = threading.Lock()
-        proxy = self
+
+        def forward(method: str, path: str, body: bytes, headers: dict):
+            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+            conn.request(method, path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            return resp.status, resp.getheaders(), data
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -127,29 +137,24 @@ class _FlakyProxy:
 
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                with lock:
-                    count["n"] += 1
-                    fail = self.command in methods and count["n"] % every == 0
-                if fail:
-                    proxy.failed += 1
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
+                with lock if serial else contextlib.nullcontext():
+                    own = answer(self.command, self.path, body)
+                    if own is None:
+                        status, response_headers, data = forward(
+                            self.command, self.path, body, headers
+                        )
+                if own is not None:
+                    status, data = own
+                    response_headers = [("Content-Type", "application/json")] if data else []
+                self.send_response(status)
+                for key, value in response_headers:
                     if key.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                conn.close()
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 
@@ -160,6 +165,26 @@ class _FlakyProxy:
 
     def close(self):
         self.server.shutdown()
+
+
+class _FlakyProxy(_Proxy):
+    """Answers 503 to every ``every``-th request of the methods named and forwards the rest:
+    transient server errors, on purpose."""
+
+    def __init__(self, upstream_port: int, every: int, methods=("GET",)):
+        self.failed = 0
+        count = itertools.count(1)
+        lock = threading.Lock()
+
+        def answer(method: str, path: str, body: bytes):
+            with lock:
+                fail = method in methods and next(count) % every == 0
+            if not fail:
+                return None
+            self.failed += 1
+            return 503, b""
+
+        super().__init__(upstream_port, answer)
 
 
 def test_transient_503s_are_retried_and_the_output_is_complete(emulator, gcs_input, synth_build):
@@ -269,22 +294,13 @@ def test_a_gs_output_registers_in_a_named_catalog_with_its_warehouse_on_gcs(
     assert len(rows) == manifest["counts"]["image"]["written"]
 
 
-class _PreconditionProxy:
-    """In front of the emulator, which ignores preconditions: a request with
-    ``ifGenerationMatch`` is answered 412 unless it names the object's current generation (0:
-    no object), as GCS answers it; everything else is forwarded. Requests are served one at a
-    time, so a check and the write after it are atomic, as on GCS."""
+class _PreconditionProxy(_Proxy):
+    """The emulator ignores preconditions: a request with ``ifGenerationMatch`` is answered 412
+    unless it names the object's current generation (0: no object), as GCS answers it;
+    everything else is forwarded. Requests are served one at a time, so a check and the write
+    after it are atomic, as on GCS."""
 
     def __init__(self, upstream_port: int):
-        import http.client
-        import http.server
-        import json
-        import re
-        import threading
-        import urllib.parse
-
-        lock = threading.Lock()
-
         def generation(bucket: str, name: str) -> int:
             conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
             quoted = urllib.parse.quote(name, safe="")
@@ -294,57 +310,22 @@ class _PreconditionProxy:
             conn.close()
             return int(json.loads(body)["generation"]) if resp.status == 200 else 0
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def answer(method: str, path: str, body: bytes):
+            url = urllib.parse.urlsplit(path)
+            query = urllib.parse.parse_qs(url.query)
+            if "ifGenerationMatch" not in query:
+                return None
+            match = re.search(r"/b/([^/]+)/o(?:/([^/?]+))?", url.path)
+            name = urllib.parse.unquote(match.group(2) or "")
+            if not name:
+                name = query.get("name", [""])[0] or json.loads(
+                    re.search(rb"\{.*?\}", body, re.S).group(0)
+                ).get("name", "")
+            if generation(match.group(1), name) == int(query["ifGenerationMatch"][0]):
+                return None
+            return 412, b'{"error": {"code": 412, "message": "conditionNotMet"}}'
 
-            def log_message(self, *args):
-                pass
-
-            def _forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                url = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(url.query)
-                with lock:
-                    if "ifGenerationMatch" in query:
-                        match = re.search(r"/b/([^/]+)/o(?:/([^/?]+))?", url.path)
-                        name = urllib.parse.unquote(match.group(2) or "")
-                        if not name:
-                            name = query.get("name", [""])[0] or json.loads(
-                                re.search(rb"\{.*?\}", body, re.S).group(0)
-                            ).get("name", "")
-                        wanted = int(query["ifGenerationMatch"][0])
-                        if generation(match.group(1), name) != wanted:
-                            self.send_response(412)
-                            self.send_header("Content-Type", "application/json")
-                            data = b'{"error": {"code": 412, "message": "conditionNotMet"}}'
-                            self.send_header("Content-Length", str(len(data)))
-                            self.end_headers()
-                            self.wfile.write(data)
-                            return
-                    conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    conn.close()
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
+        super().__init__(upstream_port, answer, serial=True)
 
 
 @pytest.fixture()
