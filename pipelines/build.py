@@ -9,7 +9,8 @@ Composition only; every step is a transform of ``transforms/``::
         -> PublishRun
 
 Before the shard shuffle runs only what has to see every record: parsing and checking the
-records, the join's duplicate, orphan and category checks, and the shard assignment.
+records, the join's duplicate, orphan and category checks, the shard assignment, and beside
+it ``PreselectExamples`` (which images can be the report's examples, from ids and areas).
 
 Image bytes never cross a shuffle: ids, paths, annotations and masks are grouped, and the
 bytes are read after the last shuffle, in the stage that writes them.
@@ -49,7 +50,7 @@ from coco_beam.transforms.shards.write import (
     ShardWriterConfig,
     WriteShards,
 )
-from coco_beam.transforms.stats.gather import GatherStatistics
+from coco_beam.transforms.stats.gather import GatherStatistics, PreselectExamples
 from coco_beam.transforms.stats.near_duplicates import FindNearDuplicates
 
 __all__ = ["BuildPlan", "default_runner", "plan_build", "run"]
@@ -157,8 +158,15 @@ def build_pipeline(
             if wanted
         ),
     )
+    # The report's example candidates, from ids and areas, before any image is read.
+    examples = (
+        joined.plans | "PreselectExamples" >> PreselectExamples() if options.statistics else None
+    )
     written = assigned["keyed"] | "WriteShards" >> WriteShards(
-        writer_config, num_shards=assigned["num_shards"], categories=read["categories"]
+        writer_config,
+        num_shards=assigned["num_shards"],
+        categories=read["categories"],
+        examples=examples,
     )
     gathered = (written[STATS], written[DIGESTS]) | "GatherStatistics" >> GatherStatistics()
     near_duplicates = written[PHASHES] | "FindNearDuplicates" >> FindNearDuplicates()

@@ -209,12 +209,12 @@ def test_a_shard_retried_after_a_fault_is_published_once(
     original = write_shards._WriteShardFn.process
     failed = []
 
-    def retried(self, element, num_shards, categories):
+    def retried(self, element, num_shards, categories, examples=None):
         try:
-            outputs = list(original(self, element, num_shards, categories))
+            outputs = list(original(self, element, num_shards, categories, examples))
         except InjectedFault:
             failed.append(element[0])
-            outputs = list(original(self, element, num_shards, categories))
+            outputs = list(original(self, element, num_shards, categories, examples))
         yield from outputs
 
     monkeypatch.setattr(write_shards._WriteShardFn, "process", retried)

@@ -35,9 +35,11 @@ from coco_beam.transforms.images.thumbnails import (
 from coco_beam.transforms.stats.accumulators import merge, new_accumulator
 from coco_beam.transforms.stats.examples import (
     EXIF_ROTATED,
+    PRESELECT,
     ExamplePicker,
     ExampleSets,
     K,
+    Preselection,
     example_pictures,
     examples_document,
     image_key,
@@ -335,6 +337,91 @@ def test_three_ways_of_merging_examples_agree(seed, n, shards):
         acc.examples = part
         accs.append(acc)
     assert merge(accs).examples == sequential
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 80), st.integers(1, 6))
+def test_the_datasets_preselection_gives_the_same_sets_from_few_thumbnails(seed, n, shards):
+    """Candidates chosen over the whole dataset before any read (``PreselectExamples``): its
+    bottom-k merges in any order; shards that request thumbnails only for those end with the
+    sets their definition says, and all shards together ask for at most ``PRESELECT * K``
+    thumbnails per category, whatever the number of shards."""
+    images = _random_images(seed, n)
+    parts = [images[i::shards] for i in range(shards)]
+    partial = []
+    for part in parts:
+        preselection = Preselection()
+        preselection.add_plans([plan for plan, *_ in part])
+        partial.append(preselection)
+    merged = Preselection()
+    for preselection in reversed(partial):
+        merged.merge(preselection)
+    at_once = Preselection()
+    at_once.add_plans([plan for plan, *_ in images])
+    assert merged.chosen() == at_once.chosen()
+    chosen = at_once.chosen()
+    sets, overlays, crops = ExampleSets(), 0, 0
+    for part in parts:
+        shard_sets = ExampleSets()
+        picker = ExamplePicker(shard_sets)
+        picker.preselect([plan for plan, *_ in part], chosen)
+        for plan, fmt, orientation, flags in part:
+            request = picker.request(plan, expected_format="jpeg")
+            facts = _Facts(fmt=fmt, orientation=orientation, flags=flags)
+            facts.thumbnails = _fake_thumbnails(request, facts)
+            picker.add(plan, facts)
+            overlays += len(request.overlays) if request else 0
+            crops += len(request.crops) if request else 0
+        sets.merge(shard_sets)
+    assert _as_brute(sets) == _brute_force(images)
+    categories = {a["category_id"] for plan, *_ in images for a in plan.annotations}
+    assert overlays <= PRESELECT * K["categories"] * len(categories)
+    assert crops <= PRESELECT * (K["smallest"] + K["largest"]) * len(categories)
+
+
+def test_preselect_examples_in_a_pipeline_is_the_bottom_k_of_every_batch():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from coco_beam.schemas.records import PlanBatch
+    from coco_beam.transforms.stats.gather import PreselectExamples
+
+    images = _random_images(11, 120, categories=4)
+    plans = [plan for plan, *_ in images]
+    expected = Preselection()
+    expected.add_plans(plans)
+    batches = [
+        PlanBatch(split, b, [p for p in plans[b::5] if p.split == split])
+        for split in ("train", "val")
+        for b in range(5)
+    ]
+    with TestPipeline() as p:
+        chosen = p | beam.Create(batches, reshuffle=False) | PreselectExamples()
+        assert_that(chosen, equal_to([expected.chosen()]))
+    # Bounded: at most ``PRESELECT * K`` candidates per category and set.
+    for name in ("categories", "smallest", "largest"):
+        assert all(len(v) <= PRESELECT * K[name] for v in expected.chosen()[name].values())
+    assert len(expected.chosen()["categories"]) == 4
+
+
+def test_a_category_with_an_instance_of_no_area_keeps_every_instance_a_crop_candidate():
+    # Before its mask is made, the instance has no area to rank by; once made, it has one.
+    made = [_ann(1, 3, (1, 1, 5, 5)), _ann(2, 3, (1, 1, 30, 30)), _ann(3, 4, (1, 1, 9, 9))]
+    joined = [dict(made[0], area=None), *made[1:]]
+    preselection = Preselection()
+    preselection.add_plans([_plan("train", 1, [a for a in joined if a["area"] is not None])])
+    preselection.add_plans(
+        [_plan("train", 2, [{k: v for k, v in joined[0].items() if k != "area"}])]
+    )
+    chosen = preselection.chosen()
+    assert chosen["open"] == {3}
+    picker = ExamplePicker(ExampleSets())
+    picker.preselect([], chosen)
+    request = picker.request(_plan("train", 2, [made[0]]), expected_format="jpeg")
+    assert [ann_id for ann_id, _, _ in request.crops] == [1]  # category 3 is open
+    # Category 4 is not: only its preselected instances (here its one) are candidates.
+    assert chosen["smallest"][4] == {("train", 3)}
 
 
 def test_examples_are_bounded_whatever_the_number_of_images():

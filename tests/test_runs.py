@@ -134,13 +134,13 @@ def test_a_retried_shard_leaves_no_duplicate_and_no_stray_file(
     original = write_shards._WriteShardFn.process
     attempts = []
 
-    def retried(self, element, num_shards, categories):
+    def retried(self, element, num_shards, categories, examples=None):
         (split, index), _ = element
         if index % 2 == 0:
             attempts.append((split, index))
-            for _ in original(self, element, num_shards, categories):
+            for _ in original(self, element, num_shards, categories, examples):
                 pass  # the failed attempt: files written, outputs lost
-        yield from original(self, element, num_shards, categories)
+        yield from original(self, element, num_shards, categories, examples)
 
     monkeypatch.setattr(write_shards._WriteShardFn, "process", retried)
     run_dir, manifest = run_build(

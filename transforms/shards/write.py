@@ -94,6 +94,8 @@ class _Shard:
     masks_rejected: list = dataclasses.field(default_factory=list)
     fingerprint: str = ""
     files_found: int = 0
+    # The dataset's candidates for the report's examples (``PreselectExamples``), if given.
+    examples: dict | None = None
 
     @property
     def key(self) -> str:
@@ -101,7 +103,7 @@ class _Shard:
 
 
 @beam.typehints.with_input_types(
-    _ShardPlans, num_shards=Dict[str, int], categories=Dict[str, Dict[int, Any]]
+    _ShardPlans, num_shards=Dict[str, int], categories=Dict[str, Dict[int, Any]], examples=Any
 )
 @beam.typehints.with_output_types(
     _WriterOutput,
@@ -155,7 +157,7 @@ class _WriteShardFn(beam.DoFn):
         name = shard_name(shard.split, shard.index, shard.num_shards, extension)
         return FileSystems.join(self._config.temp_dir, f"{name}.{shard.attempt}")
 
-    def process(self, element, num_shards, categories):
+    def process(self, element, num_shards, categories, examples=None):
         (split, index), batches = element
         plans = sorted((p for packed in batches for p in unpack(packed)), key=lambda p: p.image_id)
         shard = _Shard(
@@ -164,6 +166,7 @@ class _WriteShardFn(beam.DoFn):
             num_shards=num_shards[split],
             attempt=uuid.uuid4().hex,
             plans=plans,
+            examples=examples,
         )
         cats = categories.get(split, {})
         filesystem = self._filesystem(plans[0].path) if plans else None
@@ -268,7 +271,7 @@ class _WriteShardFn(beam.DoFn):
             known=known,
             isolated=self._isolated,
         )
-        tally.examples.preselect(shard.plans)
+        tally.examples.preselect(shard.plans, shard.examples)
         for plan in shard.plans:
             ask = tally.examples.request(plan, expected_format=expected_format(plan.file_name))
             if ask is None:
@@ -303,7 +306,7 @@ class _WriteShardFn(beam.DoFn):
         # in image order as reads are queued (it needs the masks); only those get a
         # thumbnail from their decode.
         if self._config.statistics:
-            tally.examples.preselect(shard.plans)
+            tally.examples.preselect(shard.plans, shard.examples)
         prepared = in_order(self._pool, load.prepare, shard.plans, window)
         asks = (
             (p, tally.examples.request(p, expected_format=expected_format(p.file_name)), ready)
@@ -378,17 +381,20 @@ class _WriteShardFn(beam.DoFn):
 
 class WriteShards(beam.PTransform):
     """Takes ``((split, shard_index), packed [plan, ...])`` from ``AssignShards``, with the
-    ``num_shards`` and ``categories`` PCollections as side inputs; groups by shard and writes
-    each shard under a temporary name, once per format of the config. Returns
+    ``num_shards`` and ``categories`` PCollections as side inputs (and ``examples``, when
+    given: ``PreselectExamples``' one dict, the dataset's candidates for the report's example
+    thumbnails; else each shard preselects its own); groups by shard and writes each shard
+    under a temporary name, once per format of the config. Returns
     ``ShardResult``s (main), ``rejected`` images with their dependents, and per shard its
     ``stats`` accumulator, ``digests`` and ``phashes``, gathered from the same decode as the
     rows (the data is read once for shards, every format and statistics)."""
 
-    def __init__(self, config: ShardWriterConfig, *, num_shards, categories):
+    def __init__(self, config: ShardWriterConfig, *, num_shards, categories, examples=None):
         super().__init__()
         self._config = config
         self._num_shards = num_shards
         self._categories = categories
+        self._examples = examples
 
     def expand(self, keyed: beam.PCollection[_KeyedPlans]) -> beam.pvalue.DoOutputsTuple:
         written = (
@@ -399,6 +405,11 @@ class WriteShards(beam.PTransform):
                 _WriteShardFn(self._config),
                 num_shards=beam.pvalue.AsDict(self._num_shards),
                 categories=beam.pvalue.AsDict(self._categories),
+                **(
+                    {"examples": beam.pvalue.AsSingleton(self._examples)}
+                    if self._examples is not None
+                    else {}
+                ),
             ).with_outputs(REJECTED, STATS, DIGESTS, PHASHES, main="shards")
         )
         written.shards.element_type = ShardResult  # see ``_WriterOutput``

@@ -8,8 +8,12 @@ rank: an image's rank is a hash of ``(split, image_id)`` (``image_key``), an ins
 of the parts' k smallest, so ``ExampleSets.merge`` (union, then keep k) is exact, associative
 and commutative: the same data gives the same examples whatever the runner, shards or bundles.
 
-A shard writer holds one ``ExamplePicker``. Before an image is read it asks ``request``: the
-image is a candidate of a set only if its rank is below the k-th smallest the shard holds so
+Which images can end in a set is known from ids and areas before any image is read:
+``PreselectExamples`` keeps each category's ``PRESELECT * K`` candidates of smallest rank over
+the whole dataset (``Preselection``, itself a bounded, mergeable bottom-k), so thumbnails are
+made for a few hundred images whatever the number of images and shards. A shard writer holds
+one ``ExamplePicker``. Before an image is read it asks ``request``: the image is a candidate
+of a set only if it was preselected and its rank is below the k-th smallest the shard holds so
 far (a set's k-th smallest only falls as images are added, so no image that ends in a set is
 missed), and only candidates get a thumbnail from the decoder (``images.thumbnails``). After
 the image is written, ``add`` offers its thumbnails to the sets. An image of no thumbnail
@@ -33,10 +37,12 @@ __all__ = [
     "K",
     "ExamplePicker",
     "ExampleSets",
+    "Preselection",
     "example_pictures",
     "examples_document",
     "image_key",
     "picture_id",
+    "preselection_ranks",
 ]
 
 # Entries kept per group of each set: three images per category and per flag, one instance
@@ -140,6 +146,74 @@ def _rle(ann) -> dict:
     return {"size": ann["rle"]["size"], "counts": ann["rle"]["counts"]}
 
 
+def preselection_ranks(plan):
+    """``(set, group, rank, ident)`` of every candidate ``plan`` offers to the preselected sets:
+    the image to each of its categories (``categories``, ident its split and id), and each
+    instance with a box, not a crowd, to its category's ``smallest`` and ``largest`` (ident
+    its split and annotation id). An instance whose JSON lacks its area has none to rank by
+    before its mask is made: it comes as ``(set, group, None, None)``, and every instance of
+    its category is then a candidate of ``smallest`` and ``largest``."""
+    rank = image_key(plan.split, plan.image_id)
+    for cat in {ann["category_id"] for ann in plan.annotations}:
+        yield "categories", cat, rank, (plan.split, plan.image_id)
+    for ann in plan.annotations:
+        w, h = ann["bbox"][2], ann["bbox"][3]
+        if ann["iscrowd"] or not w > 0 or not h > 0:
+            continue
+        area = ann.get("area")
+        if area is None:
+            yield "smallest", ann["category_id"], None, None
+            yield "largest", ann["category_id"], None, None
+            continue
+        key = _annotation_key(plan.split, ann["id"])
+        ident = (plan.split, ann["id"])
+        yield "smallest", ann["category_id"], (float(area), key), ident
+        yield "largest", ann["category_id"], (-float(area), key), ident
+
+
+class Preselection:
+    """Per preselected set and group, the ``PRESELECT * K`` candidates of smallest rank seen:
+    a bounded bottom-k (at most ``PRESELECT * K`` entries per category and set, whatever the
+    number of images), so ``merge`` is exact, associative and commutative. A category with an
+    instance of no area is ``open``: all its instances are candidates."""
+
+    __slots__ = ("entries", "open")
+
+    def __init__(self):
+        self.entries = {name: {} for name in _PRESELECTED}  # set -> group -> [(rank, ident)]
+        self.open = set()  # categories with an instance the JSON gives no area
+
+    def add_plans(self, plans) -> None:
+        found: dict = {name: collections.defaultdict(list) for name in _PRESELECTED}
+        for plan in plans:
+            for name, group, rank, ident in preselection_ranks(plan):
+                if rank is None:
+                    self.open.add(group)
+                else:
+                    found[name][group].append((rank, ident))
+        self._keep(found)
+
+    def merge(self, other: Preselection) -> None:
+        self._keep(other.entries)
+        self.open |= other.open
+
+    def _keep(self, found: dict) -> None:
+        for name, by_group in found.items():
+            mine, k = self.entries[name], PRESELECT * K[name]
+            for group, entries in by_group.items():
+                mine[group] = sorted({*mine.get(group, ()), *entries})[:k]
+
+    def chosen(self) -> dict:
+        """Set -> group -> the candidates' idents, and ``open``: the open categories (what
+        ``ExamplePicker.preselect`` takes)."""
+        chosen = {
+            name: {group: frozenset(i for _, i in entries) for group, entries in by.items()}
+            for name, by in self.entries.items()
+        }
+        chosen["open"] = frozenset(self.open)
+        return chosen
+
+
 class ExamplePicker:
     """One shard's example sets (``sets``): which images could enter them, asked before each
     image is read (``request``), and the written images' thumbnails offered (``add``)."""
@@ -147,47 +221,46 @@ class ExamplePicker:
     def __init__(self, sets: ExampleSets):
         self.sets = sets
         # Per category, the images (``categories``) and instances (``smallest``, ``largest``)
-        # that can still be among the shard's own bottom-k once all its images are seen
-        # (``preselect``); None: every candidate that could enter now is asked for.
+        # that can still be among the dataset's (or the shard's) bottom-k once all images are
+        # seen (``preselect``); None: every candidate that could enter now is asked for.
         self._preselected: dict[str, dict] | None = None
 
-    def preselect(self, plans) -> None:
-        """Looks at the whole shard's ``plans`` before any is read, and keeps as candidates
-        only what can end among the shard's ``PRESELECT * K`` of smallest rank per category
-        (ranks come from ids and areas, known before any decode). Without it, each category's
-        set takes about ``K * (1 + ln(m / K))`` thumbnails over ``m`` images as it fills in
-        image order; with it, at most ``PRESELECT * K``. The sets come out the same unless
-        more than ``(PRESELECT - 1) * K`` of a category's candidates are rejected in decoding,
-        and whatever the bundling (shards are fixed)."""
-        ranks: dict[str, dict] = {name: collections.defaultdict(list) for name in _PRESELECTED}
-        for plan in plans:
-            rank = image_key(plan.split, plan.image_id)
-            for cat in {ann["category_id"] for ann in plan.annotations}:
-                ranks["categories"][cat].append((rank, plan.image_id))
-            for ann in plan.annotations:
-                w, h = ann["bbox"][2], ann["bbox"][3]
-                if ann["iscrowd"] or not w > 0 or not h > 0:
-                    continue
-                # An area the JSON lacks is the mask's, known only once it is made: always a
-                # candidate then.
-                area = ann.get("area")
-                key = _annotation_key(plan.split, ann["id"])
-                small = (float(area), key) if area is not None else (float("-inf"), key)
-                large = (-float(area), key) if area is not None else (float("-inf"), key)
-                ranks["smallest"][ann["category_id"]].append((small, ann["id"]))
-                ranks["largest"][ann["category_id"]].append((large, ann["id"]))
-        self._preselected = {
-            name: {
-                group: {ident for _, ident in sorted(entries)[: PRESELECT * K[name]]}
-                for group, entries in by_group.items()
-            }
-            for name, by_group in ranks.items()
-        }
+    def preselect(self, plans, chosen: dict | None = None) -> None:
+        """Keeps as candidates only what can end among the ``PRESELECT * K`` of smallest rank
+        per category: of the whole dataset when ``chosen`` is given (``Preselection.chosen``
+        of every plan, which ``PreselectExamples`` gathers before any image is read), else of
+        this shard's ``plans`` (ranks come from ids and areas, known before any decode).
+        Without it, each category's set takes about ``K * (1 + ln(m / K))`` thumbnails over
+        ``m`` images as it fills in image order; per shard, at most ``PRESELECT * K``; over
+        the dataset, at most ``PRESELECT * K`` in all shards together. The sets come out the
+        same unless more than ``(PRESELECT - 1) * K`` of a category's candidates are rejected
+        in decoding, and whatever the bundling (shards are fixed)."""
+        if chosen is None:
+            preselection = Preselection()
+            preselection.add_plans(plans)
+            chosen = preselection.chosen()
+        self._preselected = chosen
 
     def _candidate(self, name: str, group, ident) -> bool:
         if self._preselected is None:
             return True
+        if name != "categories" and group in self._preselected["open"]:
+            return True
         return ident in self._preselected[name].get(group, ())
+
+    def _crop_candidates(self, plan) -> dict:
+        """``_instances(plan)``, or nothing when none of its instances was preselected (most
+        images: the check costs a set lookup per instance, not two hashes)."""
+        if self._preselected is not None:
+            chosen, split = self._preselected, plan.split
+            if not any(
+                ann["category_id"] in chosen["open"]
+                or (split, ann["id"]) in chosen["smallest"].get(ann["category_id"], ())
+                or (split, ann["id"]) in chosen["largest"].get(ann["category_id"], ())
+                for ann in plan.annotations
+            ):
+                return {}
+        return _instances(plan)
 
     def request(self, plan, *, expected_format: str | None) -> ThumbnailRequest | None:
         """What to make of ``plan``'s image if it is decoded, or None: nothing it could enter.
@@ -195,14 +268,19 @@ class ExamplePicker:
         extension), for the extension-mismatch flag that decoding decides."""
         sets = self.sets
         rank = (image_key(plan.split, plan.image_id),)
-        by_category: dict[int, list] = {}
-        for ann in plan.annotations:
-            if ann.get("rle") is not None:
-                by_category.setdefault(ann["category_id"], []).append(_rle(ann))
+        image = (plan.split, plan.image_id)
+        drawn = {ann["category_id"] for ann in plan.annotations if ann.get("rle") is not None}
         overlays = tuple(
-            (cat, tuple(rles))
-            for cat, rles in sorted(by_category.items())
-            if self._candidate("categories", cat, plan.image_id)
+            (
+                cat,
+                tuple(
+                    _rle(a)
+                    for a in plan.annotations
+                    if a["category_id"] == cat and a.get("rle") is not None
+                ),
+            )
+            for cat in sorted(drawn)
+            if self._candidate("categories", cat, image)
             and sets.could_enter("categories", cat, rank)
         )
         known_flags = set(plan.flags) | _annotation_flags(plan)
@@ -210,16 +288,15 @@ class ExamplePicker:
         rotated = any(sets.could_enter("flags", flag, rank) for flag in _ROTATION_FLAGS)
         mismatch = sets.could_enter("flags", _EXTENSION_FLAG, rank)
         crops = []
-        for cat, (small, large) in sorted(_instances(plan).items()):
+        for cat, (small, large) in sorted(self._crop_candidates(plan).items()):
             wanted = {}
-            if self._candidate("smallest", cat, small["id"]) and sets.could_enter(
-                "smallest", cat, _small_rank(plan, small)
+            for name, ann, ann_rank in (
+                ("smallest", small, _small_rank(plan, small)),
+                ("largest", large, _large_rank(plan, large)),
             ):
-                wanted[small["id"]] = small
-            if self._candidate("largest", cat, large["id"]) and sets.could_enter(
-                "largest", cat, _large_rank(plan, large)
-            ):
-                wanted[large["id"]] = large
+                ident = (plan.split, ann["id"])
+                if self._candidate(name, cat, ident) and sets.could_enter(name, cat, ann_rank):
+                    wanted[ann["id"]] = ann
             crops += [(ann_id, tuple(a["bbox"]), _rle(a)) for ann_id, a in wanted.items()]
         if not (overlays or plain or rotated or mismatch or crops):
             return None
@@ -247,7 +324,7 @@ class ExamplePicker:
                 flags.add(EXIF_ROTATED)
             for flag in sorted(flags):
                 sets.offer("flags", flag, (rank, split, image_id, _NO_ANNOTATION, thumbs.plain))
-        for cat, (small, large) in _instances(plan).items():
+        for cat, (small, large) in (_instances(plan) if thumbs.crops else {}).items():
             for name, ann, ann_rank in (
                 ("smallest", small, _small_rank(plan, small)),
                 ("largest", large, _large_rank(plan, large)),

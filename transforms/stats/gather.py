@@ -28,11 +28,13 @@ from coco_beam.transforms.stats.accumulators import (
     merge,
     new_accumulator,
 )
+from coco_beam.transforms.stats.examples import Preselection
 from coco_beam.transforms.stats.summary import stats_document, summarize
 
 __all__ = [
     "GatherStatistics",
     "MergeStats",
+    "PreselectExamples",
     "StatsAccumulator",
     "add_image",
     "add_pixel_sums",
@@ -68,6 +70,37 @@ class MergeStats(beam.CombineFn):
 
     def extract_output(self, accumulator: StatsAccumulator) -> StatsAccumulator:
         return accumulator
+
+
+class _PreselectFn(beam.CombineFn):
+    """``Preselection`` of every plan: a bounded bottom-k per category, merged in place."""
+
+    def create_accumulator(self) -> Preselection:
+        return Preselection()
+
+    def add_input(self, accumulator: Preselection, batch) -> Preselection:
+        accumulator.add_plans(batch.plans)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[Preselection]) -> Preselection:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for acc in accumulators:
+            merged.merge(acc)
+        return merged
+
+    def extract_output(self, accumulator: Preselection) -> dict:
+        return accumulator.chosen()
+
+
+class PreselectExamples(beam.PTransform):
+    """Takes the joined ``PlanBatch``es; returns one dict (``Preselection.chosen``): per
+    category the few images and instances that can be among the report's examples, chosen from
+    ids and areas before any image is read, so the shard writers make thumbnails for those
+    only (``examples.ExamplePicker.preselect``). Its size is bounded by the categories."""
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "KeepBottomK" >> beam.CombineGlobally(_PreselectFn())
 
 
 def find_duplicates(kv: tuple[str, Iterable[bytes]]) -> list[dict]:
