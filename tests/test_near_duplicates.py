@@ -47,12 +47,12 @@ def _flip(value: int, bits) -> int:
 
 
 def _pairs_through_bands(members) -> list:
-    """What ``FindNearDuplicates`` does, without a pipeline: key, group, verify."""
+    """What ``FindNearDuplicates`` does, without a pipeline: key, group, verify, one per pair."""
     groups = collections.defaultdict(list)
     for member in members:
         for key, value in band_keys(member):
             groups[key].append(value)
-    return sorted(p for key, values in groups.items() for p in verify_candidates(key, values))
+    return sorted({p for key, values in groups.items() for p in verify_candidates(key, values)})
 
 
 def _brute_force_groups(members) -> list:
@@ -175,6 +175,42 @@ def test_a_large_key_is_compared_in_bounded_blocks(monkeypatch):
     monkeypatch.setattr(nd, "_BLOCK_CELLS", 1_000)  # 3 rows at a time
     assert _pairs_through_bands(members) == whole
     assert len([p for p in whole if p[0][0] != p[1][0]]) >= 5
+
+
+def test_a_key_above_the_cap_is_compared_in_sub_groups_of_bounded_size(monkeypatch):
+    import coco_beam.transforms.stats.near_duplicates as nd
+
+    rng = random.Random(5)
+    # 600 distinct hashes sharing band 0's value (0), so one key holds them all.
+    width = BANDS[0][1]
+    members = [("train", i, _hex(rng.getrandbits(64 - width))) for i in range(600)]
+    # Copies 2 bits away, outside bands 0 and 1: they share both with their original.
+    low = [b for b in range(BANDS[1][0])]
+    members += [
+        ("val", 1000 + i, _hex(_flip(int(m[2], 16), rng.sample(low, 2))))
+        for i, m in enumerate(members[:20])
+    ]
+    sizes = []
+    close_pairs = nd._close_pairs
+
+    def recording(values, indices):
+        sizes.append(len(indices))
+        return close_pairs(values, indices)
+
+    monkeypatch.setattr(nd, "_close_pairs", recording)
+    whole = [p for p in verify_candidates((0, 0), members) if p[2] > 0]
+    assert max(sizes) == 620  # under the cap: one group, every pair compared
+    monkeypatch.setattr(nd, "KEY_CAP", 64)
+    sizes.clear()
+    capped = [p for p in verify_candidates((0, 0), members) if p[2] > 0]
+    assert max(sizes) <= 64 and sum(sizes) == 620  # every hash in one sub-group of <= 64
+    # Comparisons: at most the cap per hash, against 620 * 619 / 2 without it.
+    assert sum(n * (n - 1) // 2 for n in sizes) <= 620 * 64 // 2
+    # Capped, only pairs that share the next band too are found: every planted copy still is;
+    # nothing is found that comparing every pair does not find.
+    assert set(capped) <= set(whole)
+    planted = [p for p in whole if p[0][0] != p[1][0]]
+    assert len(planted) == 20 and set(planted) <= set(capped)
 
 
 # ---- groups --------------------------------------------------------------------------------

@@ -11,22 +11,32 @@ not decode again. ``FindNearDuplicates`` finds every pair at Hamming distance at
     is equal in both: each image is keyed by ``(band, band value)`` once per band, and only
     images sharing a key are compared (a ``GroupByKey``, so no step holds every hash);
   * **verification**: within a key, the exact distance of every candidate is computed with
-    numpy (vectorized XOR and popcount), and a pair is kept in the lowest band both share
-    only, so each pair comes out once whatever bands it shares;
+    numpy (vectorized XOR and popcount, the upper triangle only); a pair sharing several
+    bands is found under each of their keys, and one of them is kept (grouped by the pair);
   * **a very common band value** stays bounded two ways. Images with the *same* hash (flat,
-    blank or byte-identical images: what makes one value common in practice) collapse to one
-    representative first, each joined to it at distance 0, so a thousand blank images cost a
-    thousand steps, not half a million comparisons. The distinct hashes of a key are compared
-    in blocks of ``_BLOCK_CELLS`` distances, so memory stays bounded however large the key.
+    blank or byte-identical images) collapse to one representative first, each joined to it
+    at distance 0, so a thousand blank images cost a thousand steps, not half a million
+    comparisons. A key holding more than ``KEY_CAP`` distinct hashes is cut into sub-groups
+    by the value of the next band, and the next, until each holds at most ``KEY_CAP``; only
+    hashes of one sub-group are compared. So no image is compared with more than ``KEY_CAP``
+    others per key, and never more than ``BANDS * KEY_CAP`` in all, however common a value.
 
-Cost: ``d + 1`` keyed copies per image through one shuffle (linear), and the comparisons of
-the images that share a key. With d = 12 a band is 4 or 5 bits, so two unrelated hashes share
-one of the 13 bands about a third of the time: the candidates are a fixed share of all pairs,
-compared at numpy's speed, so that part grows with the square of the images with a small
-constant. Measured (one core, random balanced hashes, banding and groups together): 0.05 s for
-3,040 images, 0.46 s for 12,160, 3.7 s for 48,640, against a build's 7 ms of CPU per image
-(0.2%, 0.5%, 1%; about 3% at COCO's 123,000 images). A smaller threshold widens the bands and
-shrinks the constant (d = 5: six 10- or 11-bit bands, 1 pair in 250) but misses cropped copies.
+Cost: ``d + 1`` keyed copies per image through one shuffle, and at most ``13 * KEY_CAP``
+distances per image (about 80 us of CPU at numpy's 1-2 ns a distance): linear in the number
+of images. Measured (one core, evenly spread random hashes, banding and verification):
+0.4 s for 12,000 images, 4 s for 48,000, 11 s for 118,000 (0.1 ms an image, against a
+build's 4-5 ms of CPU per image), 13 s for 300,000.
+
+What the cap costs: exactness only in an over-full key. A pair at distance <= d always
+shares a band (pigeonhole); it is missed only if every key it shares is over-full and the
+pair differs in the bands that cut those keys. Keys fill up with ``n / 2^width`` evenly
+spread hashes (width 4 or 5 bits): up to 16 * ``KEY_CAP`` = 131,072 distinct hashes (COCO
+train2017 has 118,287 images) every pair at distance <= 12 is found, as comparing all pairs
+would. Beyond, a pair is still found under any shared key whose cut falls on a band it also
+shares: of 3,000 pairs planted at distances 1 to 12 among 300,000 random hashes (every key
+over-full), every pair up to 7 bits apart was found, 96% in all, 78% of those 12 apart
+(measured). Real photographs' hashes are not evenly spread: their most common band values fill
+up first, and what is missed there is said by the same rule.
 
 ``MAX_DISTANCE = 12``: measured on the 160 real images of coco-tiny (distances are even: a
 hash has 32 bits set). Copies re-encoded at JPEG quality 60 lie 0-2 bits from their original,
@@ -55,6 +65,7 @@ from coco_beam.transforms.runtime.packing import unpack
 
 __all__ = [
     "BANDS",
+    "KEY_CAP",
     "MAX_DISTANCE",
     "FindNearDuplicates",
     "band_keys",
@@ -80,6 +91,9 @@ def _cut(bits: int, parts: int) -> tuple[tuple[int, int], ...]:
 BANDS = _cut(HASH_BITS, MAX_DISTANCE + 1)
 # Distances computed at once in a block (1 byte each): bounds the memory of a very large key.
 _BLOCK_CELLS = 1 << 22
+# Distinct hashes of one key compared all pairs; a key that holds more is cut into sub-groups
+# by further bands (``_sub_groups``): at most ``KEY_CAP`` distances per image and key.
+KEY_CAP = 8192
 
 # (split, image_id, hash as 16 hex digits, the image's source path): the path rides along so
 # that publishing can read the few images of the groups it draws from where they came from
@@ -99,21 +113,53 @@ def band_keys(member: tuple[str, int, str]) -> list[tuple[tuple[int, int], tuple
     return [((band, value), member) for band, value in enumerate(values)]
 
 
-def _first_shared_band(a: int, b: int) -> int:
-    return next(
-        band
-        for band, (x, y) in enumerate(zip(_band_values(a), _band_values(b), strict=True))
-        if x == y
+def _sub_groups(values: np.ndarray, indices: np.ndarray, used: tuple[int, ...]):
+    """``indices`` (into ``values``) cut into groups of at most ``KEY_CAP``: a group above it is
+    split by the value of the band after the last one ``used`` (cyclically, each band once),
+    and so on, so a pair that differs in one band is missed under one over-full key only.
+    Distinct hashes differ in some band, so every group ends at or below the cap."""
+    if len(indices) <= KEY_CAP or len(used) == len(BANDS):
+        yield indices
+        return
+    band = next(
+        b % len(BANDS)
+        for b in range(used[-1] + 1, used[-1] + len(BANDS))
+        if b % len(BANDS) not in used
     )
+    shift, width = BANDS[band]
+    sub = (values[indices] >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+    order = np.argsort(sub, kind="stable")
+    sub, ordered = sub[order], indices[order]
+    cuts = np.flatnonzero(np.diff(sub)) + 1
+    for part in np.split(ordered, cuts):
+        yield from _sub_groups(values, part, (*used, band))
+
+
+def _close_pairs(values: np.ndarray, indices: np.ndarray):
+    """``(i, j, distance)`` of every pair of ``indices`` (i before j in ``indices``' order) at
+    distance <= ``MAX_DISTANCE``: each block of rows against the rows from its own first on
+    (the upper triangle), at most ``_BLOCK_CELLS`` distances at once."""
+    group = values[indices]
+    rows = max(1, _BLOCK_CELLS // max(1, len(group)))
+    for start in range(0, len(group), rows):
+        block, rest = group[start : start + rows], group[start:]
+        close = np.bitwise_count(block[:, None] ^ rest[None, :]) <= MAX_DISTANCE
+        # Only j after i: the block's own lower triangle and diagonal are cleared.
+        close &= np.arange(len(rest))[None, :] > np.arange(len(block))[:, None]
+        for i, j in zip(*np.nonzero(close), strict=True):
+            a, b = int(indices[start + i]), int(indices[start + j])
+            yield a, b, int(values[a] ^ values[b]).bit_count()
 
 
 def verify_candidates(
     key: tuple[int, int], members: Iterable[tuple[str, int, str]]
 ) -> list[tuple[tuple, tuple, int]]:
-    """The pairs at distance <= ``MAX_DISTANCE`` among the members of one key whose lowest
-    shared band is this key's band (so a pair is found under one key only). Images with the
+    """The pairs at distance <= ``MAX_DISTANCE`` among the members of one key. Images with the
     same hash are joined to the first of them (by split and image id) at distance 0, in band
-    0's keys only; distinct hashes are compared by their first images."""
+    0's keys only; distinct hashes are compared by their first images, all pairs while the key
+    holds at most ``KEY_CAP`` distinct hashes, else within the sub-groups ``_sub_groups`` cuts
+    it into. A pair sharing several bands comes out of each of their keys:
+    ``FindNearDuplicates`` keeps one."""
     band = key[0]
     by_hash: dict[str, list] = collections.defaultdict(list)
     for member in members:
@@ -124,21 +170,25 @@ def verify_candidates(
     for h in hashes:
         same = sorted(by_hash[h])
         firsts.append(same[0])
-        if band == 0:  # equal hashes share every band: band 0 is their lowest
+        if band == 0:  # equal hashes share every band: band 0 has them all
             pairs.extend((same[0], other, 0) for other in same[1:])
     values = np.array([int(h, 16) for h in hashes], np.uint64)
-    rows = max(1, _BLOCK_CELLS // max(1, len(values)))
-    for start in range(0, len(values), rows):
-        block = values[start : start + rows]
-        distances = np.bitwise_count(block[:, None] ^ values[None, :])
-        above = np.arange(len(values))[None, :] > np.arange(start, start + len(block))[:, None]
-        for i, j in zip(*np.nonzero((distances <= MAX_DISTANCE) & above), strict=True):
-            i, j = int(i) + start, int(j)
-            a, b = int(values[i]), int(values[j])
-            if _first_shared_band(a, b) == band:
-                first, second = sorted((firsts[i], firsts[j]))
-                pairs.append((first, second, int(distances[i - start, j])))
+    for group in _sub_groups(values, np.arange(len(values)), (band,)):
+        for i, j, distance in _close_pairs(values, group):
+            first, second = sorted((firsts[i], firsts[j]))
+            pairs.append((first, second, distance))
     return sorted(pairs)
+
+
+def _pair_key(pair: tuple) -> tuple:
+    """``(((split, image_id), (split, image_id)), pair)``: the same pair found under several
+    keys, keyed once."""
+    return (pair[0][:2], pair[1][:2]), pair
+
+
+def _one_per_pair(keyed: tuple) -> tuple:
+    """One of the (equal) pairs found for one ``_pair_key``: ``(key, [pair, ...])``."""
+    return min(keyed[1])
 
 
 def near_duplicate_groups(pairs: Iterable) -> list[dict]:
@@ -204,4 +254,8 @@ class FindNearDuplicates(beam.PTransform):
             >> beam.FlatMap(band_keys).with_output_types(Tuple[Tuple[int, int], Member])
             | "GroupByBand" >> beam.GroupByKey()
             | "VerifyCandidates" >> beam.FlatMapTuple(verify_candidates).with_output_types(Pair)
+            | "KeyByPair"
+            >> beam.Map(_pair_key).with_output_types(Tuple[Tuple[Tuple[str, int], ...], Pair])
+            | "GroupByPair" >> beam.GroupByKey()
+            | "OnePerPair" >> beam.Map(_one_per_pair).with_output_types(Pair)
         )
