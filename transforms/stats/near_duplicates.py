@@ -9,7 +9,8 @@ not decode again. ``FindNearDuplicates`` finds every pair at Hamming distance at
   * **bands**: the 64 bits are cut into ``MAX_DISTANCE + 1`` bands (``BANDS``). A pair at
     distance <= d differs in at most d bits, so (pigeonhole) at least one of the d + 1 bands
     is equal in both: each image is keyed by ``(band, band value)`` once per band, and only
-    images sharing a key are compared (a ``GroupByKey``, so no step holds every hash);
+    images sharing a key are compared (a ``GroupByKey``, so no step holds every hash); each
+    shard sends one packed batch per key, not one element per image and band;
   * **verification**: within a key, the exact distance of every candidate is computed with
     numpy (vectorized XOR and popcount, the upper triangle only); a pair sharing several
     bands is found under each of their keys, and one of them is kept (grouped by the pair);
@@ -21,11 +22,11 @@ not decode again. ``FindNearDuplicates`` finds every pair at Hamming distance at
     hashes of one sub-group are compared. So no image is compared with more than ``KEY_CAP``
     others per key, and never more than ``BANDS * KEY_CAP`` in all, however common a value.
 
-Cost: ``d + 1`` keyed copies per image through one shuffle, and at most ``13 * KEY_CAP``
-distances per image (about 80 us of CPU at numpy's 1-2 ns a distance): linear in the number
-of images. Measured (one core, evenly spread random hashes, banding and verification):
-0.4 s for 12,000 images, 4 s for 48,000, 11 s for 118,000 (0.1 ms an image, against a
-build's 4-5 ms of CPU per image), 13 s for 300,000.
+Cost: ``d + 1`` keyed copies per image through one shuffle (in at most ``BANDS * 32``
+elements per shard), and at most ``13 * KEY_CAP`` distances per image (about 80 us of CPU at
+numpy's 1-2 ns a distance): linear in the number of images. Measured (one core, evenly spread
+random hashes, banding and verification): 0.4 s for 12,000 images, 4 s for 48,000, 11 s for
+118,000 (0.1 ms an image, against a build's 4-5 ms of CPU per image), 13 s for 300,000.
 
 What the cap costs: exactness only in an over-full key. A pair at distance <= d always
 shares a band (pigeonhole); it is missed only if every key it shares is over-full and the
@@ -61,7 +62,7 @@ import numpy as np
 from apache_beam.typehints import Tuple
 
 from coco_beam.transforms.images.phash import HASH_BITS, hamming
-from coco_beam.transforms.runtime.packing import unpack
+from coco_beam.transforms.runtime.packing import pack, unpack
 
 __all__ = [
     "BANDS",
@@ -235,8 +236,20 @@ def member_paths(pairs: Iterable) -> dict[tuple[str, int], str]:
     return {(m[0], m[1]): m[3] for a, b, _ in pairs for m in (a, b) if len(m) > 3}
 
 
-def _members(_split: str, packed: bytes) -> list[tuple[str, int, str, str]]:
-    return unpack(packed)
+def _band_batches(_split: str, packed: bytes) -> list[tuple[tuple[int, int], bytes]]:
+    """``band_keys`` of one shard's members, gathered per key: ``((band, value), packed
+    [member, ...])``, at most ``BANDS * 2^width`` elements per shard instead of ``BANDS`` per
+    image (the shuffle's cost is per element)."""
+    by_key: dict[tuple[int, int], list] = collections.defaultdict(list)
+    for member in unpack(packed):
+        for key, value in band_keys(member):
+            by_key[key].append(value)
+    return [(key, pack(members)) for key, members in sorted(by_key.items())]
+
+
+def _verify_batches(key: tuple[int, int], batches: Iterable[bytes]) -> list:
+    """``verify_candidates`` of a key's members, from the shards' packed batches."""
+    return verify_candidates(key, [m for batch in batches for m in unpack(batch)])
 
 
 class FindNearDuplicates(beam.PTransform):
@@ -249,11 +262,10 @@ class FindNearDuplicates(beam.PTransform):
     def expand(self, phashes: beam.PCollection[Tuple[str, bytes]]) -> beam.PCollection[Pair]:
         return (
             phashes
-            | "Unpack" >> beam.FlatMapTuple(_members).with_output_types(Member)
             | "KeyByBand"
-            >> beam.FlatMap(band_keys).with_output_types(Tuple[Tuple[int, int], Member])
+            >> beam.FlatMapTuple(_band_batches).with_output_types(Tuple[Tuple[int, int], bytes])
             | "GroupByBand" >> beam.GroupByKey()
-            | "VerifyCandidates" >> beam.FlatMapTuple(verify_candidates).with_output_types(Pair)
+            | "VerifyCandidates" >> beam.FlatMapTuple(_verify_batches).with_output_types(Pair)
             | "KeyByPair"
             >> beam.Map(_pair_key).with_output_types(Tuple[Tuple[Tuple[str, int], ...], Pair])
             | "GroupByPair" >> beam.GroupByKey()
