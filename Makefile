@@ -50,6 +50,7 @@ bench: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_tfrecord.py
 	$(BIN)/python benchmarks/bench_rebuild.py
+	$(BIN)/python benchmarks/bench_floor.py
 
 clean:
 	rm -rf $(VENV) demo bench-data test-artifacts

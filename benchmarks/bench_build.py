@@ -141,8 +141,17 @@ def baseline_loop(root: str, out: str) -> None:
         writer.close()
 
 
+def _place(source: str, target: str) -> None:
+    """A copy of ``source`` at ``target``: a hard link where the filesystem allows one (the
+    same bytes at a new path, so 118,000 images take no more room than 160), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def replicate_tiny(dest: str, copies: int) -> int:
-    """coco-tiny with every image and annotation repeated under new ids."""
+    """coco-tiny with every image and annotation repeated under new ids (the images linked)."""
     if os.path.isdir(dest):
         return sum(len(os.listdir(os.path.join(dest, s))) for s in ("train2017", "val2017"))
     os.makedirs(os.path.join(dest, "annotations"))
@@ -157,7 +166,7 @@ def replicate_tiny(dest: str, copies: int) -> int:
             for image in doc["images"]:
                 name = f"{k:03d}_{image['file_name']}"
                 images.append(dict(image, id=image["id"] + offset, file_name=name))
-                shutil.copyfile(
+                _place(
                     os.path.join(COCO_TINY, split, image["file_name"]),
                     os.path.join(dest, split, name),
                 )
