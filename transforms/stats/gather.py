@@ -47,6 +47,16 @@ __all__ = [
 ]
 
 
+def _merged_into_first(accumulators: Iterable):
+    """The first accumulator with every other merged into it (``merge``, in place): a
+    CombineFn's ``merge_accumulators`` may mutate its first accumulator only."""
+    accumulators = iter(accumulators)
+    merged = next(accumulators)
+    for acc in accumulators:
+        merged.merge(acc)
+    return merged
+
+
 @beam.typehints.with_input_types(StatsAccumulator)
 @beam.typehints.with_output_types(StatsAccumulator)
 class MergeStats(beam.CombineFn):
@@ -62,11 +72,7 @@ class MergeStats(beam.CombineFn):
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[StatsAccumulator]) -> StatsAccumulator:
-        accumulators = iter(accumulators)
-        merged = next(accumulators)
-        for acc in accumulators:
-            merged.merge(acc)
-        return merged
+        return _merged_into_first(accumulators)
 
     def extract_output(self, accumulator: StatsAccumulator) -> StatsAccumulator:
         return accumulator
@@ -83,11 +89,7 @@ class _PreselectFn(beam.CombineFn):
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[Preselection]) -> Preselection:
-        accumulators = iter(accumulators)
-        merged = next(accumulators)
-        for acc in accumulators:
-            merged.merge(acc)
-        return merged
+        return _merged_into_first(accumulators)
 
     def extract_output(self, accumulator: Preselection) -> dict:
         return accumulator.chosen()
