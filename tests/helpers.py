@@ -104,3 +104,14 @@ def compare_with_source(root: str, run_dir: str) -> int:
                 )
     assert seen == set(rows), "rows that no annotation file lists"
     return masks
+
+
+def load_json(path):
+    """A JSON file's document (tests that edit annotation files read them with this)."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def dump_json(path, doc) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f)

@@ -23,19 +23,9 @@ import duckdb
 import pytest
 from PIL import Image
 
-from helpers import run_build
+from helpers import dump_json, load_json, run_build
 
 SHARDS = ["--num-shards=6", "--formats=parquet,tfrecord"]
-
-
-def _load(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _dump(path, doc):
-    with open(path, "w") as f:
-        json.dump(doc, f)
 
 
 def _digests(run_dir: str, *folders: str) -> dict:
@@ -50,14 +40,14 @@ def _digests(run_dir: str, *folders: str) -> dict:
 def _change_dataset(root: str) -> dict:
     """Changes the train split in four ways; returns the ids involved."""
     ann_dir = os.path.join(root, "annotations")
-    instances = _load(os.path.join(ann_dir, "instances_train2017.json"))
+    instances = load_json(os.path.join(ann_dir, "instances_train2017.json"))
     images = sorted(instances["images"], key=lambda i: i["id"])
     by_image: dict[int, list] = {}
     for ann in instances["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
     keypoint_ids = {
         a["id"]
-        for a in _load(os.path.join(ann_dir, "person_keypoints_train2017.json"))["annotations"]
+        for a in load_json(os.path.join(ann_dir, "person_keypoints_train2017.json"))["annotations"]
     }
 
     # 1. One image's bytes replaced by another picture of the same size.
@@ -103,7 +93,7 @@ def _change_dataset(root: str) -> dict:
             area=1200.0,
         )
     )
-    _dump(os.path.join(ann_dir, "instances_train2017.json"), instances)
+    dump_json(os.path.join(ann_dir, "instances_train2017.json"), instances)
 
     # 4. One image removed from every annotation file, its file deleted: the last one whose
     # removal leaves every category some instances.
@@ -121,10 +111,10 @@ def _change_dataset(root: str) -> dict:
     for name in os.listdir(ann_dir):
         if not (name.endswith("_train2017.json")):
             continue
-        doc = _load(os.path.join(ann_dir, name))
+        doc = load_json(os.path.join(ann_dir, name))
         doc["images"] = [i for i in doc["images"] if i["id"] != removed["id"]]
         doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != removed["id"]]
-        _dump(os.path.join(ann_dir, name), doc)
+        dump_json(os.path.join(ann_dir, name), doc)
     os.remove(os.path.join(root, "train2017", removed["file_name"]))
     return {
         "replaced": replaced["id"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
-import json
 import os
 import random
 import shutil
@@ -28,7 +27,7 @@ from PIL import Image
 from coco_beam.pipelines.synth import synthesize
 from coco_beam.transforms.runs import lake
 
-from helpers import run_build
+from helpers import dump_json, load_json, run_build
 
 KEEP = 3
 ARGS = ("--num-shards=2", f"--keep-runs={KEEP}")
@@ -44,16 +43,6 @@ STEPS = (
 )
 
 
-def _load(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _dump(path, doc):
-    with open(path, "w") as f:
-        json.dump(doc, f)
-
-
 def _train_files(root: str) -> list[str]:
     return sorted(glob.glob(os.path.join(root, "annotations", f"*_{TRAIN}.json")))
 
@@ -64,7 +53,7 @@ def _instances(root: str) -> str:
 
 def _add(root: str, rng: random.Random) -> None:
     """An image copied from another one's file, with one object of a random category."""
-    doc = _load(_instances(root))
+    doc = load_json(_instances(root))
     source = rng.choice(doc["images"])
     image_id = max(i["id"] for i in doc["images"]) + 1000
     added = dict(source, id=image_id, file_name=f"{image_id:012d}.jpg")
@@ -84,13 +73,13 @@ def _add(root: str, rng: random.Random) -> None:
             "iscrowd": 0,
         }
     )
-    _dump(_instances(root), doc)
+    dump_json(_instances(root), doc)
 
 
 def _remove(root: str, rng: random.Random) -> None:
     """An image whose objects' categories all have other instances (a category emptied is a
     change the volume check stops), out of every train file, its file deleted."""
-    doc = _load(_instances(root))
+    doc = load_json(_instances(root))
     counts: dict[int, int] = {}
     for ann in doc["annotations"]:
         counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
@@ -110,16 +99,16 @@ def _remove(root: str, rng: random.Random) -> None:
     ]
     removed = rng.choice(candidates)
     for path in _train_files(root):
-        other = _load(path)
+        other = load_json(path)
         other["images"] = [i for i in other["images"] if i["id"] != removed["id"]]
         other["annotations"] = [a for a in other["annotations"] if a["image_id"] != removed["id"]]
-        _dump(path, other)
+        dump_json(path, other)
     os.remove(os.path.join(root, TRAIN, removed["file_name"]))
 
 
 def _modify(root: str, rng: random.Random) -> None:
     """An image's bytes replaced by its mirror image, of the same size."""
-    image = rng.choice(_load(_instances(root))["images"])
+    image = rng.choice(load_json(_instances(root))["images"])
     path = os.path.join(root, TRAIN, image["file_name"])
     with Image.open(path) as im:
         picture = im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -130,20 +119,20 @@ def _modify(root: str, rng: random.Random) -> None:
 
 
 def _rename(root: str, rng: random.Random) -> None:
-    doc = _load(_instances(root))
+    doc = load_json(_instances(root))
     category = rng.choice(doc["categories"])
     category["name"] += "-renamed"
-    _dump(_instances(root), doc)
+    dump_json(_instances(root), doc)
 
 
 def _break(root: str) -> None:
     """The export that lost 90% of every train file's images (and their records)."""
     for path in _train_files(root):
-        doc = _load(path)
+        doc = load_json(path)
         doc["images"] = sorted(doc["images"], key=lambda i: i["id"])[: len(doc["images"]) // 10]
         kept = {i["id"] for i in doc["images"]}
         doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in kept]
-        _dump(path, doc)
+        dump_json(path, doc)
 
 
 def _input_digest(root: str) -> str:
@@ -173,7 +162,7 @@ def _leave_a_killed_runs_lease(out: str) -> None:
         capture_output=True,
         text=True,
     )
-    _dump(
+    dump_json(
         os.path.join(out, "LEASE"),
         {
             "run_id": "killed",
