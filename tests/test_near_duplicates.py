@@ -22,12 +22,14 @@ from PIL import Image, ImageEnhance
 
 from coco_beam.transforms.images.decode import inspect_image
 from coco_beam.transforms.images.phash import HASH_BITS, dct_hash, dct_hash_of_grey, hamming
-from coco_beam.transforms.runtime.packing import pack
+from coco_beam.transforms.runtime.packing import pack, unpack
+from coco_beam.transforms.stats.compare import compare_stats
 from coco_beam.transforms.stats.near_duplicates import (
     BANDS,
     MAX_DISTANCE,
     FindNearDuplicates,
     band_keys,
+    distinct_pairs,
     member_paths,
     near_duplicate_groups,
     verify_candidates,
@@ -242,22 +244,25 @@ def test_find_near_duplicates_in_a_pipeline():
     ]
     options = PipelineOptions(runtime_type_check=True)
     with TestPipeline(options=options) as p:
-        pairs = (
+        batches = (
             p
             | beam.Create([("train", pack(shard_a)), ("val", pack(shard_b))])
             | FindNearDuplicates()
         )
+        found = batches | beam.combiners.ToList()
+        # The pair 3 bits apart shares 10 of the 13 bands: it is in 10 batches, kept once.
         assert_that(
-            pairs,
-            equal_to(
-                [
-                    (shard_a[0], shard_b[1], 0),
-                    (shard_a[0], shard_b[0], 3),
-                ]
-            ),
+            found | "Copies" >> beam.Map(lambda b: sorted(p[2] for x in b for p in unpack(x))),
+            equal_to([[0] + [3] * 10]),
+            label="Copies",
         )
         assert_that(
-            pairs | beam.combiners.ToList() | beam.Map(member_paths),
+            found | "Distinct" >> beam.Map(distinct_pairs),
+            equal_to([[(shard_a[0], shard_b[0], 3), (shard_a[0], shard_b[1], 0)]]),
+            label="Distinct",
+        )
+        assert_that(
+            found | beam.Map(lambda b: member_paths(distinct_pairs(b))),
             equal_to([{("train", 1): "a/1.jpg", ("val", 3): "b/3.jpg", ("val", 4): "b/4.jpg"}]),
             label="Paths",
         )
@@ -350,3 +355,28 @@ def test_planted_copies_are_found_as_groups_and_leaks_and_nothing_else(tmp_path)
     again = json.loads(open(os.path.join(rebuilt, "stats", "stats.json")).read())
     assert again["near_duplicates"] == doc["near_duplicates"]
     shutil.rmtree(root)
+
+
+def test_a_build_without_the_search_hashes_nothing_and_says_so(synth_root, tmp_path):
+    """``--no-near-duplicates``: no hash in the state, null in stats.json, said on the page; the
+    next build that searches does not reuse a state without hashes, and finds the groups."""
+    out = str(tmp_path / "out")
+    run_dir, _ = run_build(f"--coco-root={synth_root}", f"--output={out}", "--no-near-duplicates")
+    doc = json.loads(open(os.path.join(run_dir, "stats", "stats.json")).read())
+    assert doc["near_duplicates"] is None and doc["near_duplicate_leaks"] is None
+    assert doc["num_images"] > 0 and doc["pixel_mean"]  # the rest of the statistics are there
+    states = pq.read_table(os.path.join(run_dir, "state")).to_pylist()
+    assert states and {r["phash"] for r in states} == {None}
+    assert pq.read_table(os.path.join(run_dir, "stats", "near_duplicates.parquet")).num_rows == 0
+    report = open(os.path.join(run_dir, "stats", "report.html")).read()
+    assert "Near-duplicates were not searched" in report
+
+    searched_dir, manifest = run_build(f"--coco-root={synth_root}", f"--output={out}")
+    assert manifest["changes"]["shards_reused"] == 0
+    assert "settings changed" in manifest["changes"]["why_not_incremental"]
+    searched = json.loads(open(os.path.join(searched_dir, "stats", "stats.json")).read())
+    states = pq.read_table(os.path.join(searched_dir, "state")).to_pylist()
+    assert None not in {r["phash"] for r in states}
+    assert isinstance(searched["near_duplicates"], list)
+    assert compare_stats(doc, searched)["near_duplicates"] is None
+    assert compare_stats(searched, searched)["changed"] is False

@@ -70,7 +70,7 @@ from coco_beam.transforms.runs.volume import (
     volume_figures,
 )
 from coco_beam.transforms.stats.gather import stats_document
-from coco_beam.transforms.stats.near_duplicates import member_paths
+from coco_beam.transforms.stats.near_duplicates import distinct_pairs, member_paths
 
 __all__ = [
     "PublishConfig",
@@ -96,6 +96,8 @@ class PublishConfig:
     sources: list
     started: float
     statistics: bool = True  # write stats/ (off: the manifest's "stats" is null)
+    # Near-duplicates were searched (off: stats.json's ``near_duplicates`` is null).
+    near_duplicates: bool = True
     # The output's last complete run (``transforms.runs.incremental.PreviousRun``), if it has a
     # state: what changed since is written in the manifest, the statistics compared beside it.
     previous: object | None = None
@@ -154,7 +156,8 @@ def gather_inputs(
     duplicates,
     near_duplicates=(),
 ) -> PublishInputs:
-    """The side inputs of ``PublishRun`` as one ``PublishInputs``."""
+    """The side inputs of ``PublishRun`` as one ``PublishInputs`` (``near_duplicates``: the
+    packed batches of ``FindNearDuplicates``)."""
     return PublishInputs(
         shards=list(shards),
         rejected=list(rejected),
@@ -164,7 +167,7 @@ def gather_inputs(
         listed=dict(listed),
         stats=dict(stats),
         duplicates=list(duplicates),
-        near_duplicates=list(near_duplicates),
+        near_duplicates=distinct_pairs(near_duplicates),
     )
 
 
@@ -211,7 +214,10 @@ def _prepare(config: PublishConfig, inputs: PublishInputs) -> dict:
     doc = None
     if config.statistics:
         doc = stats_document(
-            inputs.stats, inputs.categories, inputs.duplicates, inputs.near_duplicates
+            inputs.stats,
+            inputs.categories,
+            inputs.duplicates,
+            inputs.near_duplicates if config.near_duplicates else None,
         )
     volume = check_volume(
         previous_figures(config.output),
@@ -322,10 +328,10 @@ class PublishRun(beam.PTransform):
 
     Takes a pipeline root; ``shards`` (``ShardResult``), ``rejected``, ``counts`` (summed per
     key), ``categories``, ``num_shards``, ``listed`` (files and bytes per images folder),
-    ``stats`` (one accumulator per split), ``duplicates`` and ``near_duplicates`` (pairs,
-    optional) PCollections come as side inputs, gathered into one ``PublishInputs``. Returns
-    the manifest, once. Fails the pipeline with ``RunFailed`` where a check fails; nothing is
-    published then.
+    ``stats`` (one accumulator per split), ``duplicates`` and ``near_duplicates``
+    (``FindNearDuplicates``' packed pairs, optional) PCollections come as side inputs,
+    gathered into one ``PublishInputs``. Returns the manifest, once. Fails the pipeline with
+    ``RunFailed`` where a check fails; nothing is published then.
     """
 
     def __init__(

@@ -13,7 +13,7 @@ not decode again. ``FindNearDuplicates`` finds every pair at Hamming distance at
     shard sends one packed batch per key, not one element per image and band;
   * **verification**: within a key, the exact distance of every candidate is computed with
     numpy (vectorized XOR and popcount, the upper triangle only); a pair sharing several
-    bands is found under each of their keys, and one of them is kept (grouped by the pair);
+    bands is found under each of their keys, and its one reader keeps one (``distinct_pairs``);
   * **a very common band value** stays bounded two ways. Images with the *same* hash (flat,
     blank or byte-identical images) collapse to one representative first, each joined to it
     at distance 0, so a thousand blank images cost a thousand steps, not half a million
@@ -70,6 +70,7 @@ __all__ = [
     "MAX_DISTANCE",
     "FindNearDuplicates",
     "band_keys",
+    "distinct_pairs",
     "member_paths",
     "near_duplicate_groups",
     "verify_candidates",
@@ -96,12 +97,10 @@ _BLOCK_CELLS = 1 << 22
 # by further bands (``_sub_groups``): at most ``KEY_CAP`` distances per image and key.
 KEY_CAP = 8192
 
-# (split, image_id, hash as 16 hex digits, the image's source path): the path rides along so
-# that publishing can read the few images of the groups it draws from where they came from
-# (the same in a build of any format and in ``coco-beam stats``).
-Member = Tuple[str, int, str, str]
-# (first member, second member, distance), the members in sorted order
-Pair = Tuple[Member, Member, int]
+# A member is (split, image_id, hash as 16 hex digits, the image's source path): the path
+# rides along so that publishing can read the few images of the groups it draws from where
+# they came from (the same in a build of any format and in ``coco-beam stats``). A pair is
+# (first member, second member, distance), the members in sorted order.
 
 
 def _band_values(value: int) -> tuple[int, ...]:
@@ -181,17 +180,6 @@ def verify_candidates(
     return sorted(pairs)
 
 
-def _pair_key(pair: tuple) -> tuple:
-    """``(((split, image_id), (split, image_id)), pair)``: the same pair found under several
-    keys, keyed once."""
-    return (pair[0][:2], pair[1][:2]), pair
-
-
-def _one_per_pair(keyed: tuple) -> tuple:
-    """One of the (equal) pairs found for one ``_pair_key``: ``(key, [pair, ...])``."""
-    return min(keyed[1])
-
-
 def near_duplicate_groups(pairs: Iterable) -> list[dict]:
     """Groups of images joined by ``pairs`` (``(member, member, distance)``): each
     ``{"images": [[split, image_id, distance to the first image], ...], "leak": bool}``,
@@ -247,27 +235,37 @@ def _band_batches(_split: str, packed: bytes) -> list[tuple[tuple[int, int], byt
     return [(key, pack(members)) for key, members in sorted(by_key.items())]
 
 
-def _verify_batches(key: tuple[int, int], batches: Iterable[bytes]) -> list:
-    """``verify_candidates`` of a key's members, from the shards' packed batches."""
-    return verify_candidates(key, [m for batch in batches for m in unpack(batch)])
+def _verify_batches(key: tuple[int, int], batches: Iterable[bytes]) -> list[bytes]:
+    """``verify_candidates`` of a key's members, from the shards' packed batches, packed:
+    one element per key that found any pair."""
+    pairs = verify_candidates(key, [m for batch in batches for m in unpack(batch)])
+    return [pack(pairs)] if pairs else []
+
+
+def distinct_pairs(batches: Iterable[bytes]) -> list:
+    """The pairs of ``FindNearDuplicates``' packed batches, each once, sorted: a pair found
+    under several keys comes out of each of them, equal."""
+    return sorted({pair for batch in batches for pair in unpack(batch)})
 
 
 class FindNearDuplicates(beam.PTransform):
     """Takes the shard writer's ``phashes`` output (per shard, ``(split, packed [(split,
-    image_id, hash, path), ...])``); returns the pairs at distance <= ``MAX_DISTANCE`` as
-    ``(member, member, distance)``, each pair once, in no particular order
-    (``near_duplicate_groups`` orders them). Deterministic: which pairs come out depends on
-    the hashes only, never on bundling. Nothing is rejected: every written image has a hash."""
+    image_id, hash, path), ...])``); returns the pairs at distance <= ``MAX_DISTANCE`` as packed
+    batches of ``(member, member, distance)``, one per band key that found any, in no
+    particular order: ``distinct_pairs`` of all of them gives each pair once, sorted.
+    Deterministic: which pairs come out depends on the hashes only, never on bundling. Nothing
+    is rejected: every written image has a hash.
 
-    def expand(self, phashes: beam.PCollection[Tuple[str, bytes]]) -> beam.PCollection[Pair]:
+    A pair sharing several bands is in the batch of each key it shares (at most ``BANDS``;
+    images of one hash are paired under band 0 only). Their one reader, the publishing step,
+    holds every pair anyway, so it drops the copies (``distinct_pairs``) rather than a second
+    shuffle keyed by pair, which cost a shuffled element per pair."""
+
+    def expand(self, phashes: beam.PCollection[Tuple[str, bytes]]) -> beam.PCollection[bytes]:
         return (
             phashes
             | "KeyByBand"
             >> beam.FlatMapTuple(_band_batches).with_output_types(Tuple[Tuple[int, int], bytes])
             | "GroupByBand" >> beam.GroupByKey()
-            | "VerifyCandidates" >> beam.FlatMapTuple(_verify_batches).with_output_types(Pair)
-            | "KeyByPair"
-            >> beam.Map(_pair_key).with_output_types(Tuple[Tuple[Tuple[str, int], ...], Pair])
-            | "GroupByPair" >> beam.GroupByKey()
-            | "OnePerPair" >> beam.Map(_one_per_pair).with_output_types(Pair)
+            | "VerifyCandidates" >> beam.FlatMapTuple(_verify_batches).with_output_types(bytes)
         )
