@@ -29,6 +29,7 @@ from coco_beam.transforms.images.thumbnails import (
     draw_masks,
     encode_jpeg,
     make_thumbnails,
+    plain_thumbnail_of,
     shrink,
     thumbnails_of,
 )
@@ -193,6 +194,30 @@ def test_the_decoder_makes_thumbnails_from_its_one_decode():
     # The same bytes as decoding them apart (what reused facts and publishing do).
     assert asked.thumbnails == thumbnails_of(data, ThumbnailRequest(plain=True))
     assert asked.thumbnails.plain is not None
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "mode"),
+    [
+        pytest.param((640, 480), "JPEG", "RGB", id="jpeg-at-a-quarter"),
+        pytest.param((300, 1000), "JPEG", "L", id="grey-jpeg-tall"),
+        pytest.param((100, 80), "JPEG", "RGB", id="jpeg-smaller-than-a-thumbnail"),
+        pytest.param((640, 480), "PNG", "RGB", id="png-decoded-whole"),
+    ],
+)
+def test_a_read_back_thumbnail_looks_like_one_from_the_full_decode(size, fmt, mode):
+    """What publishing makes of a duplicate group's image: the thumbnail's size, nearly the
+    pixels of one made from the full decode (a reduced JPEG decode differs by rounding)."""
+    data = _encoded(_photo(*size, seed=5, mode=mode), fmt=fmt)
+    quick = plain_thumbnail_of(data)
+    full = thumbnails_of(data, ThumbnailRequest(plain=True)).plain
+    assert quick == plain_thumbnail_of(data)
+    with Image.open(io.BytesIO(quick)) as a, Image.open(io.BytesIO(full)) as b:
+        assert (a.format, a.mode, a.size) == ("JPEG", "RGB", b.size)
+        diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        assert diff.mean() < 3, diff.mean()
+    if fmt == "PNG":
+        assert quick == full
 
 
 # -- example sets ------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 ``ThumbnailRequest`` says what to make of one image; ``make_thumbnails`` makes it from the
 image already decoded (the decoder calls it, in the child process that decoded the image, so
-nothing is decoded twice); ``thumbnails_of`` decodes bytes first, for the few images only the
-publishing step can choose (duplicate groups) and images whose decode facts were reused.
+nothing is decoded twice); ``thumbnails_of`` decodes bytes first, for images whose decode
+facts were reused; ``plain_thumbnail_of`` decodes a JPEG at a reduced scale, for the few images
+only the publishing step can choose (duplicate groups), which are never decoded elsewhere.
 
 Guarantees:
   * a thumbnail is an RGB baseline JPEG of at most ``THUMB_SIDE`` px on its long side (an
@@ -34,6 +35,7 @@ __all__ = [
     "draw_masks",
     "encode_jpeg",
     "make_thumbnails",
+    "plain_thumbnail_of",
     "shrink",
     "thumbnails_of",
 ]
@@ -196,3 +198,14 @@ def thumbnails_of(data: bytes, request: ThumbnailRequest) -> Thumbnails:
         image.load()
         exif = image.getexif().get(0x0112)
         return make_thumbnails(image, request, fmt=image.format.lower(), orientation=exif)
+
+
+def plain_thumbnail_of(data: bytes) -> bytes:
+    """The plain thumbnail of encoded image bytes (JPEG or PNG). A JPEG is decoded at the
+    smallest of libjpeg's scales (1/8 to 1) that still covers the thumbnail (Pillow's
+    ``draft``), about a third less work than a full decode; the pixels then go through
+    ``shrink`` as any other. Deterministic, but not the bytes ``thumbnails_of`` would make."""
+    with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")) as image:
+        image.draft(None, _fit(*image.size, THUMB_SIDE))
+        image.load()
+        return encode_jpeg(shrink(image))

@@ -5,9 +5,10 @@ groups are known only once every shard is written, so the publishing step reads 
 few images from their source files (the writer sends each image's path along with its
 perceptual hash; identical files have identical hashes, so every duplicate group's images are
 among the near-duplicate pairs) and makes their thumbnails
-(``images.thumbnails.thumbnails_of``). A bounded few are read (``wanted_images``: one image
-of each exact group and a few of each near-duplicate group, of the groups the page draws), the
-same in a build of any format and in ``coco-beam stats``.
+(``images.thumbnails.plain_thumbnail_of``: a JPEG decoded at a reduced scale), a few at once
+in threads. A bounded few are read (``wanted_images``: one image of each exact group and a
+few of each near-duplicate group, of the groups the page draws), the same in a build of any
+format and in ``coco-beam stats``.
 
 Guarantees: the pictures depend on the statistics document and the source images only, so
 the same data gives the same page, whatever the formats written.
@@ -15,10 +16,12 @@ the same data gives the same page, whatever the formats written.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from coco_beam.transforms.images.thumbnails import ThumbnailRequest, thumbnails_of
+from coco_beam.transforms.images.thumbnails import plain_thumbnail_of
 from coco_beam.transforms.stats.examples import ExampleSets, example_pictures
 from coco_beam.transforms.stats.gallery import (
     MAX_PICTURED_GROUPS,
@@ -28,7 +31,8 @@ from coco_beam.transforms.stats.gallery import (
 
 __all__ = ["report_pictures", "wanted_images"]
 
-_PLAIN = ThumbnailRequest(plain=True)
+# Images read and thumbnailed at once: reading waits on storage and decoding releases the GIL.
+_READ_THREADS = 4
 
 
 def wanted_images(doc: dict) -> list[tuple[str, int]]:
@@ -39,24 +43,17 @@ def wanted_images(doc: dict) -> list[tuple[str, int]]:
     leak_hashes = {d["sha256"] for d in leaks}
     groups = leaks + [d for d in dups if d["sha256"] not in leak_hashes]
     wanted = [tuple(d["images"][0]) for d in groups[:MAX_PICTURED_GROUPS] if d["images"]]
-    near = doc.get("near_duplicates", [])
+    near = doc.get("near_duplicates") or []
     near = [g for g in near if g["leak"]] + [g for g in near if not g["leak"]]
     for g in near[:MAX_PICTURED_GROUPS]:
         wanted += [(s, i) for s, i, _ in g["images"][:NEAR_GROUP_PICTURES]]
     return list(dict.fromkeys(wanted))
 
 
-def _read_back(paths: dict[tuple[str, int], str], wanted: list[tuple[str, int]]) -> dict:
-    """``(split, image id) -> image bytes`` of the ``wanted`` images that ``paths`` names,
-    read from their source files."""
-    found = {}
-    for key in wanted:
-        path = paths.get(key)
-        if path is None:
-            continue
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            found[key] = f.read()
-    return found
+def _thumbnail_at(path: str) -> bytes:
+    """The plain thumbnail of the image at ``path``, read from where it came from."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return plain_thumbnail_of(f.read())
 
 
 def report_pictures(doc: dict, per_split: dict, paths: dict[tuple[str, int], str]) -> dict:
@@ -68,12 +65,11 @@ def report_pictures(doc: dict, per_split: dict, paths: dict[tuple[str, int], str
     for split in sorted(per_split):
         examples.merge(per_split[split].examples)
     pictures = example_pictures(examples)
-    wanted = wanted_images(doc)
+    wanted = [key for key in wanted_images(doc) if key in paths]
     if wanted:
-        data = _read_back(paths, wanted)
-        for split, image_id in wanted:
-            if (split, image_id) in data:
-                thumbs = thumbnails_of(data[(split, image_id)], _PLAIN)
+        with ThreadPoolExecutor(min(_READ_THREADS, len(wanted))) as pool:
+            thumbs = pool.map(_thumbnail_at, [paths[key] for key in wanted])
+            for (split, image_id), plain in zip(wanted, thumbs, strict=True):
                 [(pid, _)] = group_picture_ids([[split, image_id]])
-                pictures[pid] = thumbs.plain
+                pictures[pid] = plain
     return pictures
