@@ -110,6 +110,10 @@ def find_previous(options: BuildOptions, plan: BuildPlan) -> PreviousBuild:
     }
     if "yolo" in options.formats:
         settings["yolo_task"] = options.yolo_task
+    if options.statistics and not options.near_duplicates:
+        # Named only when off, so that outputs built before the option stay reusable; a state
+        # without hashes is never reused by a run that searches.
+        settings["near_duplicates"] = False
     previous = None
     if options.formats:
         previous, why = load_previous(plan.output, settings, library_versions())
@@ -147,6 +151,7 @@ def build_pipeline(
         progress_dir=options.progress_dir,
         formats=tuple(options.formats),
         statistics=options.statistics,
+        near_duplicates=options.near_duplicates,
         tfrecord_masks=options.tfrecord_masks,
         panoptic_semantic=options.panoptic_semantic,
         yolo_task=options.yolo_task,
@@ -169,7 +174,11 @@ def build_pipeline(
         examples=examples,
     )
     gathered = (written[STATS], written[DIGESTS]) | "GatherStatistics" >> GatherStatistics()
-    near_duplicates = written[PHASHES] | "FindNearDuplicates" >> FindNearDuplicates()
+    near_duplicates = (
+        written[PHASHES] | "FindNearDuplicates" >> FindNearDuplicates()
+        if options.statistics and options.near_duplicates
+        else None
+    )
     rejected = (
         read["rejected"],
         joined.rejected,
@@ -189,6 +198,7 @@ def build_pipeline(
         sources=describe_sources(plan.sources, plan.ignored),
         started=plan.started,
         statistics=options.statistics,
+        near_duplicates=options.near_duplicates,
         previous=previous_run.previous,
         incremental=previous_run.reusable is not None,
         lake=lake,

@@ -132,6 +132,16 @@ class BuildOptions(PipelineOptions):
             help="Write shards only: no stats/ folder (saves the pixel count of every image).",
         )
         group.add_argument(
+            "--no-near-duplicates",
+            "--no_near_duplicates",
+            dest="near_duplicates",
+            action="store_false",
+            default=True,
+            help="Statistics without the near-duplicate search: no perceptual hash of each "
+            "image (stats.json's near_duplicates is then null, and the report draws no "
+            "pictures of duplicate groups).",
+        )
+        group.add_argument(
             "--no-isolate-decoders",
             "--no_isolate_decoders",
             dest="isolate_decoders",

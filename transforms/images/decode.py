@@ -73,7 +73,7 @@ def is_not_found(exc: BaseException) -> bool:
     return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
 
 
-def _decode(data: bytes, max_pixels: int, histogram: bool, thumbnail=None):
+def _decode(data: bytes, max_pixels: int, histogram: bool, thumbnail=None, phash=True):
     """Opens with the allowlist, checks the header, decodes every pixel once (and makes what
     ``thumbnail`` asks of them)."""
     try:
@@ -104,7 +104,7 @@ def _decode(data: bytes, max_pixels: int, histogram: bool, thumbnail=None):
             orientation,
             pixel_sums(rgb_histogram(image)) if histogram else None,
             thumbs,
-            dct_hash(image) if histogram else None,
+            dct_hash(image) if histogram and phash else None,
         )
 
 
@@ -137,10 +137,11 @@ def inspect_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     histogram: bool = True,
     thumbnail=None,
+    phash: bool = True,
 ) -> ImageFacts:
     """Decodes ``data`` once and checks it against the JSON's ``width`` and ``height``;
-    ``histogram``: also count its pixels and hash them (``pixel_sums`` and ``phash`` are None
-    otherwise); ``thumbnail``: an
+    ``histogram``: also count its pixels (``pixel_sums``) and, unless ``phash`` is off, hash
+    them (``phash``); each is None otherwise. ``thumbnail``: an
     ``images.thumbnails.ThumbnailRequest``, made from the same decode (``thumbnails``).
 
     Raises ``RecordError`` with one of image_corrupt, image_truncated, image_too_large,
@@ -153,7 +154,7 @@ def inspect_image(
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             fmt, mode, size, orientation, histogram, thumbs, phash = _decode(
-                data, max_pixels, histogram, thumbnail
+                data, max_pixels, histogram, thumbnail, phash
             )
         except RecordError:
             raise

@@ -82,8 +82,9 @@ class WrittenImage:
 class ShardTally:
     """A shard's counts, statistics accumulator and content hashes, image by image."""
 
-    def __init__(self, split: str, statistics: bool):
+    def __init__(self, split: str, statistics: bool, phashes: bool = True):
         self.split, self.statistics = split, statistics
+        self.keeps_phashes = statistics and phashes
         # kind -> records written (image, annotation, caption, panoptic)
         self.written = collections.Counter()
         # rows in the shard's files
@@ -92,7 +93,8 @@ class ShardTally:
         self.stats = new_accumulator()
         # sha256[:2] -> [(sha256, split, image_id), ...], to find identical images
         self.digests: dict[str, list] = {}
-        # [(split, image_id, perceptual hash), ...], to find near-duplicate images
+        # [(split, image_id, perceptual hash, path), ...], to find near-duplicate images (none
+        # when ``phashes`` is off)
         self.phashes: list[tuple] = []
         # which images could be the report's examples, and their thumbnails (``stats.examples``)
         self.examples = ExamplePicker(self.stats.examples)
@@ -124,7 +126,8 @@ class ShardTally:
         self.digests.setdefault(facts.sha256[:2], []).append(
             (facts.sha256, self.split, plan.image_id)
         )
-        self.phashes.append((self.split, plan.image_id, facts.phash, plan.path))
+        if self.keeps_phashes:
+            self.phashes.append((self.split, plan.image_id, facts.phash, plan.path))
 
 
 def dependents(plan: ImagePlan) -> list[Rejection]:

@@ -39,6 +39,8 @@ class ShardWriterConfig:
     yolo_task: str = "detect"
     # Off: no statistics are gathered (no pixel histograms, no accumulators, no digests).
     statistics: bool = True
+    # Off (or statistics off): no perceptual hash per image, no near-duplicate search.
+    near_duplicates: bool = True
     # The output's last complete run, when this run rebuilds incrementally.
     previous: PreviousRun | None = None
     # Decode in child processes, so a native crash rejects one image instead of the worker.

@@ -72,6 +72,7 @@ def load_image(
     *,
     filesystem=None,
     histogram: bool = True,
+    phash: bool = True,
     known: dict | None = None,
     isolated: Isolated | None = None,
     thumbnail=None,
@@ -80,9 +81,10 @@ def load_image(
     back as a ``Rejection`` (the image's, or the panoptic record's in ``Loaded.panoptic``);
     transient storage errors are raised. ``filesystem``: the Beam filesystem of
     ``plan.path``, if the caller holds one (finding it costs more than reading a small local
-    file). ``known``: the previous run's state row of this image; when its bytes' CRC32C and
-    the JSON's size are the same, its facts are taken from there and the image is not
-    decoded again. ``isolated``: decode in its child processes, where a crash of the decoder
+    file). ``histogram`` and ``phash``: as ``inspect_image``'s. ``known``: the previous run's
+    state row of this image; when its bytes' CRC32C and the JSON's size are the same (and it
+    holds the pixel sums and hash asked for), its facts are taken from there and the image is
+    not decoded again. ``isolated``: decode in its child processes, where a crash of the decoder
     rejects the image (``decoder_crash``) instead of killing the worker. ``thumbnail``: an
     ``images.thumbnails.ThumbnailRequest``, made from the decode (from the bytes alone when
     the facts are known) into ``facts.thumbnails``."""
@@ -103,7 +105,7 @@ def load_image(
             split=plan.split,
         )
     image_fp = crc32c_hex(data)
-    if _facts_known(known, plan, image_fp, histogram):
+    if _facts_known(known, plan, image_fp, histogram, histogram and phash):
         pixels = (known["px_n"], known["px_sum"], known["px_sq"]) if histogram else None
         panoptic, panoptic_fp = _load_panoptic(plan, isolated)
         facts = _flag_extension(plan, known_facts(known))
@@ -132,6 +134,7 @@ def load_image(
             max_pixels=max_pixels,
             histogram=histogram,
             thumbnail=thumbnail,
+            phash=phash,
         )
     except RecordError as exc:
         return Rejection(
@@ -178,6 +181,7 @@ class ImageLoader:
     max_pixels: int
     filesystem: object = None
     histogram: bool = True
+    phash: bool = True
     known: dict = dataclasses.field(default_factory=dict)
     isolated: Isolated | None = None
     # ``prepare``: also the record's fingerprint, once its masks are made.
@@ -192,6 +196,7 @@ class ImageLoader:
             self.max_pixels,
             filesystem=self.filesystem,
             histogram=self.histogram,
+            phash=self.phash,
             known=self.known.get(plan.image_id),
             isolated=self.isolated,
             thumbnail=thumbnail,
@@ -248,13 +253,16 @@ def _flag_extension(plan: ImagePlan, facts: ImageFacts) -> ImageFacts:
     return dataclasses.replace(facts, flags=(*facts.flags, FLAG_EXTENSION_MISMATCH))
 
 
-def _facts_known(known: dict | None, plan: ImagePlan, image_fp: str, histogram: bool) -> bool:
+def _facts_known(
+    known: dict | None, plan: ImagePlan, image_fp: str, histogram: bool, phash: bool
+) -> bool:
     return (
         known is not None
         and known["written"]
         and known["image_fp"] == image_fp
         and (known["width"], known["height"]) == (plan.width, plan.height)
-        and (not histogram or None not in (known["px_n"], known["phash"]))
+        and (not histogram or known["px_n"] is not None)
+        and (not phash or known["phash"] is not None)
     )
 
 

@@ -232,7 +232,7 @@ class _WriteShardFn(beam.DoFn):
         )
         if fingerprint is None:
             return None
-        tally = ShardTally(shard.split, self._config.statistics)
+        tally = ShardTally(shard.split, self._config.statistics, self._config.near_duplicates)
         try:
             files, state = link_previous(
                 shard.plans,
@@ -286,12 +286,13 @@ class _WriteShardFn(beam.DoFn):
             for fmt in self._config.formats
         ]
         rejections = list(shard.masks_rejected)
-        tally = ShardTally(shard.split, self._config.statistics)
+        tally = ShardTally(shard.split, self._config.statistics, self._config.near_duplicates)
         state_rows = []
         load = ImageLoader(
             max_pixels=self._config.max_pixels,
             filesystem=filesystem,
             histogram=self._config.statistics,
+            phash=self._config.near_duplicates,
             known=known,
             isolated=self._isolated,
             fingerprint=bool(self._config.formats) and shard.record_fps is None,

@@ -125,9 +125,12 @@ def _panoptic(old: dict, new: dict) -> dict:
     return out
 
 
-def _near_duplicates(old: dict, new: dict) -> dict:
+def _near_duplicates(old: dict, new: dict) -> dict | None:
     """Near-duplicate groups before and after, and the groups that appeared: a group is known
-    by its images (split and id), so one that gained or lost an image appears anew."""
+    by its images (split and id), so one that gained or lost an image appears anew. None when
+    either build did not search for them."""
+    if old.get("near_duplicates", []) is None or new.get("near_duplicates", []) is None:
+        return None
 
     def images(group):
         return tuple((s, i) for s, i, _ in group["images"])
@@ -183,7 +186,8 @@ def compare_stats(old: dict, new: dict) -> dict:
         or bool(duplicates["groups_added"])
     )
     near = _near_duplicates(old, new)
-    changed = changed or near["old_groups"] != near["new_groups"] or bool(near["groups_added"])
+    if near is not None:
+        changed = changed or near["old_groups"] != near["new_groups"] or bool(near["groups_added"])
     return {
         "changed": changed,
         "scopes": scopes,

@@ -98,6 +98,11 @@ def _duplicates(doc, pictures: dict) -> str:
 def _near_duplicates(doc, pictures: dict) -> str:
     """Groups of near-duplicate images (perceptual hashes a few bits apart), leaks first."""
     groups = doc.get("near_duplicates", [])
+    if groups is None:
+        return (
+            "<p id='near-duplicates-summary'>Near-duplicates were not searched (a build with "
+            "--no-near-duplicates).</p>"
+        )
     if not groups:
         return "<p id='near-duplicates-summary'>No two images are near-duplicates.</p>"
     leaks = [g for g in groups if g["leak"]]

@@ -196,13 +196,14 @@ def never_together(categories: list[dict], cooccurrence: list, top: int = _COMMO
 
 
 def stats_document(
-    per_split: dict, categories: dict, duplicates: list, near_pairs: list = ()
+    per_split: dict, categories: dict, duplicates: list, near_pairs: list | None = ()
 ) -> dict:
     """``stats.json``: the overall summary, the same keys under ``splits.<name>``, and the
     images with identical bytes (``duplicates``), those across splits also as ``leaks``; the
     groups of near-duplicate images joined by ``near_pairs`` (``near_duplicates``, see
     ``near_duplicates.near_duplicate_groups``), those across splits also as
-    ``near_duplicate_leaks``; the common categories no image holds together
+    ``near_duplicate_leaks``, both null when ``near_pairs`` is None (not searched); the
+    common categories no image holds together
     (``never_together``) and the report's example images by id (``examples``, see
     ``examples.examples_document``). ``per_split``: split -> its accumulator (left as it is);
     ``categories``: split -> id -> category."""
@@ -223,8 +224,11 @@ def stats_document(
     doc["examples"] = examples_document(merged.examples)
     doc["duplicates"] = duplicates
     doc["leaks"] = [d for d in duplicates if len({split for split, _ in d["images"]}) > 1]
-    doc["near_duplicates"] = near_duplicate_groups(near_pairs)
-    doc["near_duplicate_leaks"] = [g for g in doc["near_duplicates"] if g["leak"]]
+    if near_pairs is None:
+        doc["near_duplicates"] = doc["near_duplicate_leaks"] = None
+    else:
+        doc["near_duplicates"] = near_duplicate_groups(near_pairs)
+        doc["near_duplicate_leaks"] = [g for g in doc["near_duplicates"] if g["leak"]]
     doc["splits"] = {}
     for split in sorted(per_split):
         entry = summarize(per_split[split], categories.get(split, {}))

@@ -92,7 +92,7 @@ def stats_tables(doc: dict) -> dict[str, pa.Table]:
             {"sha256": dup["sha256"], "split": split, "image_id": image_id, "across_splits": across}
             for split, image_id in dup["images"]
         )
-    for group, near in enumerate(doc.get("near_duplicates", [])):
+    for group, near in enumerate(doc.get("near_duplicates") or []):
         rows["near_duplicates"].extend(
             {
                 "group": group,
