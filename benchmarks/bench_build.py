@@ -6,9 +6,12 @@ and writes the same Parquet schema with the same compression, one file per split
 timed as separate processes by ``measure.py``: wall time, the peak resident memory of the whole
 process tree, the mean cores busy and the share of the run with fewer than 1.5 cores busy. With
 ``--one-core`` the build is also run pinned to one core (``taskset -c 0``): the scaling from one
-core to two, measured, and what Amdahl's law predicts from it for 8 and 16 cores.
+core to two, measured, and what Amdahl's law predicts from it for 8 and 16 cores. With
+``--near-duplicates`` the build is also run with ``--no-near-duplicates``, right after each
+build: what the perceptual hash and the near-duplicate search cost, in wall and CPU seconds.
 
 Usage: python benchmarks/bench_build.py [--sizes 1000 5000 20000] [--tiny-copies 20] [--one-core]
+       [--near-duplicates] [--repeat N]
 Data is generated once under bench-data/ and reused.
 """
 
@@ -178,6 +181,22 @@ def replicate_tiny(dest: str, copies: int) -> int:
     return count
 
 
+def _near_duplicates_cost(searched: list, unsearched: list) -> dict:
+    """What the near-duplicate search costs: the fastest build with it against the fastest
+    without (wall seconds), and the least CPU of each (user + system of the whole tree)."""
+    with_s, without_s = min(m.seconds for m in searched), min(m.seconds for m in unsearched)
+    with_cpu = min(m.cpu_seconds for m in searched)
+    without_cpu = min(m.cpu_seconds for m in unsearched)
+    return {
+        "near_with_s": round(with_s, 1),
+        "near_without_s": round(without_s, 1),
+        "near_cost_pct": round(100 * (with_s / without_s - 1), 1),
+        "near_with_cpu_s": round(with_cpu, 1),
+        "near_without_cpu_s": round(without_cpu, 1),
+        "near_cost_cpu_pct": round(100 * (with_cpu / without_cpu - 1), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000, 20000])
@@ -198,6 +217,11 @@ def main() -> None:
         "--one-core",
         action="store_true",
         help="also run the build pinned to one core (taskset -c 0)",
+    )
+    parser.add_argument(
+        "--near-duplicates",
+        action="store_true",
+        help="also run the build with --no-near-duplicates, for what the search costs",
     )
     parser.add_argument(
         "--repeat",
@@ -250,13 +274,16 @@ def main() -> None:
             out,
             *args.build_args,
         ]
-        loop_runs, build_runs, bare_runs, one_core_runs = [], [], [], []
+        loop_runs, build_runs, bare_runs, one_core_runs, unsearched_runs = [], [], [], [], []
         for _ in range(args.repeat):
             shutil.rmtree(out, ignore_errors=True)
             loop_runs.append(measure([sys.executable, __file__, "--loop-run", root, out]))
             shutil.rmtree(out, ignore_errors=True)
             build_runs.append(measure(build_cmd))
             shutil.rmtree(out, ignore_errors=True)
+            if args.near_duplicates:
+                unsearched_runs.append(measure([*build_cmd, "--no-near-duplicates"]))
+                shutil.rmtree(out, ignore_errors=True)
             if not args.no_bare:
                 bare_runs.append(measure([*build_cmd, "--no-statistics"]))
                 shutil.rmtree(out, ignore_errors=True)
@@ -269,6 +296,7 @@ def main() -> None:
         build_s, build_mem = best.seconds, max(m.peak_bytes for m in build_runs)
         bare_s = min(m.seconds for m in bare_runs) if bare_runs else None
         one_s = min(m.seconds for m in one_core_runs) if one_core_runs else None
+        near = _near_duplicates_cost(build_runs, unsearched_runs) if unsearched_runs else {}
         row = {
             "dataset": name,
             "images": n,
@@ -293,6 +321,7 @@ def main() -> None:
             "two_vs_one_core": round(one_s / build_s, 2) if one_s else None,
             "predicted_8_cores": round(amdahl(one_s, build_s, 8), 1) if one_s else None,
             "predicted_16_cores": round(amdahl(one_s, build_s, 16), 1) if one_s else None,
+            **near,
         }
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -312,6 +341,17 @@ def main() -> None:
             f"{r['stats_overhead_pct']}% | {r['build_mean_cores']} | "
             f"{round(100 * r['build_serial_share'])}% |"
         )
+    if args.near_duplicates:
+        print(
+            "\n| data | with s | without s | cost | with CPU s | without CPU s | cost |"
+            "\n|---|---|---|---|---|---|---|"
+        )
+        for r in results:
+            print(
+                f"| {r['dataset']} | {r['near_with_s']} | {r['near_without_s']} | "
+                f"{r['near_cost_pct']}% | {r['near_with_cpu_s']} | {r['near_without_cpu_s']} | "
+                f"{r['near_cost_cpu_pct']}% |"
+            )
     if args.one_core:
         print("\n| data | one core s | two cores s | two vs one | predicted 8 | predicted 16 |")
         print("|---|---|---|---|---|---|")
