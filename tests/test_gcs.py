@@ -372,3 +372,29 @@ def test_a_build_into_a_gs_output_another_run_holds_fails_naming_it(precondition
     assert {n.split("/")[2] for n in names if n.startswith("contended/runs/")} == {
         manifest["run_id"]
     }
+
+
+def test_keep_runs_on_gcs_deletes_older_run_prefixes_but_never_a_kept_runs_object(gcs_input):
+    """Three builds into one gs:// output with ``--keep-runs=2`` (rebuilds copy the unchanged
+    shards of the run before), and a killed run's objects among them: the newest two runs stay
+    whole and readable, every object of older runs goes, LATEST names the newest."""
+    from coco_beam.transforms.runs.retention import list_runs
+
+    client = gcs_input
+    out = client.bucket("coco-out")
+    args = ("--coco-root=gs://coco-in/coco", "--output=gs://coco-out/keep", "--num-shards=2")
+    runs = [run_build(*args, "--keep-runs=2")]
+    # A run killed before publishing, long ago: objects under its prefix, no manifest.
+    out.blob("keep/runs/20000101T000000Z-000000/.tmp/shard.parquet").upload_from_string(b"x")
+    runs += [run_build(*args, "--keep-runs=2") for _ in range(2)]
+    kept = [m["run_id"] for _, m in runs[-2:]]
+    assert list_runs("gs://coco-out/keep") == dict.fromkeys(kept, True)
+    names = {b.name for b in client.list_blobs("coco-out", prefix="keep/runs/")}
+    assert {n.split("/")[2] for n in names} == set(kept)
+    assert out.blob("keep/LATEST").download_as_bytes().decode().strip() == kept[-1]
+    for _, manifest in runs[-2:]:
+        assert all(s["reused"] for s in manifest["shards"])
+        run = manifest["run_id"]
+        for entry in [*manifest["shards"], *manifest["stats"]["files"]]:
+            data = out.blob(f"keep/runs/{run}/{entry['path']}").download_as_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
