@@ -23,7 +23,7 @@ from PIL import Image, ImageEnhance
 from coco_beam.transforms.images.decode import inspect_image
 from coco_beam.transforms.images.phash import HASH_BITS, dct_hash, dct_hash_of_grey, hamming
 from coco_beam.transforms.runtime.packing import pack, unpack
-from coco_beam.transforms.stats.compare import compare_stats
+from coco_beam.transforms.stats.compare import compare_stats, format_comparison
 from coco_beam.transforms.stats.near_duplicates import (
     BANDS,
     MAX_DISTANCE,
@@ -379,4 +379,5 @@ def test_a_build_without_the_search_hashes_nothing_and_says_so(synth_root, tmp_p
     assert None not in {r["phash"] for r in states}
     assert isinstance(searched["near_duplicates"], list)
     assert compare_stats(doc, searched)["near_duplicates"] is None
+    assert "near-duplicates not compared" in format_comparison(compare_stats(doc, searched))
     assert compare_stats(searched, searched)["changed"] is False

@@ -214,9 +214,11 @@ def _delta(value) -> str:
 
 def format_comparison(diff: dict, *, max_categories: int = 25) -> str:
     """A plain-text rendering of ``compare_stats``'s document, for a terminal or a log."""
+    unsearched = "near_duplicates" in diff and diff["near_duplicates"] is None
+    skipped = "near-duplicates not compared: a build was made with --no-near-duplicates"
     if not diff["changed"]:
-        return "no differences in the statistics"
-    lines = []
+        return "no differences in the statistics" + (f" ({skipped})" if unsearched else "")
+    lines = [skipped] if unsearched else []
     for name, scope in diff["scopes"].items():
         if scope["status"] == "present" and not (
             scope["headline"] or scope["categories"] or scope["medians"] or scope["panoptic"]
