@@ -203,10 +203,9 @@ def stats_document(
     groups of near-duplicate images joined by ``near_pairs`` (``near_duplicates``, see
     ``near_duplicates.near_duplicate_groups``), those across splits also as
     ``near_duplicate_leaks``, both null when ``near_pairs`` is None (not searched); the
-    common categories no image holds together
-    (``never_together``) and the report's example images by id (``examples``, see
-    ``examples.examples_document``). ``per_split``: split -> its accumulator (left as it is);
-    ``categories``: split -> id -> category."""
+    common categories no image holds together (``never_together``) and the report's example
+    images by id (``examples``, see ``examples.examples_document``). ``per_split``: split ->
+    its accumulator (left as it is); ``categories``: split -> id -> category."""
     union: dict[int, dict] = {}
     for split in sorted(categories):
         for cat_id, cat in categories[split].items():
