@@ -252,7 +252,7 @@ def test_find_near_duplicates_in_a_pipeline():
         found = batches | beam.combiners.ToList()
         # The pair 3 bits apart shares 10 of the 13 bands: it is in 10 batches, kept once.
         assert_that(
-            found | "Copies" >> beam.Map(lambda b: sorted(p[2] for x in b for p in unpack(x))),
+            found | "Copies" >> beam.Map(lambda b: sorted(q[2] for x in b for q in unpack(x))),
             equal_to([[0] + [3] * 10]),
             label="Copies",
         )
